@@ -1,0 +1,56 @@
+"""An immutable, hashable mapping for labels, annotations and data fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenDict(Mapping[K, V]):
+    """A read-only dict that hashes by content (so frozen dataclasses holding it hash)."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[K, V] | None = None, /, **kwargs: Any) -> None:
+        d: dict[K, V] = dict(data) if data else {}
+        if kwargs:
+            d.update(kwargs)
+        self._data = d
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenDict):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+EMPTY: FrozenDict[Any, Any] = FrozenDict()
+
+
+def freeze(data: Mapping[str, str] | None) -> FrozenDict[str, str]:
+    """Freeze a wire mapping (``None`` → the shared empty map)."""
+    if not data:
+        return EMPTY
+    return FrozenDict({str(k): str(v) for k, v in data.items()})

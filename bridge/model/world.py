@@ -1,0 +1,61 @@
+"""The World: a frozen, versioned view of everything the sources know.
+
+The :class:`bridge.store.Store` makes a new World per batch of changes,
+copying only the maps of kinds that changed (copy-on-write), so an unchanged
+kind is the same mapping object across versions. Readers must treat every
+mapping here as immutable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bridge.model.diagnostics import Diagnostic
+from bridge.model.frozen import FrozenDict
+from bridge.model.ir import Secret, SecretName
+from bridge.model.k8s import (
+    K8sConfigMap,
+    K8sEndpointSlice,
+    K8sNamespace,
+    K8sPod,
+    K8sSecret,
+    K8sService,
+    Kind,
+    ObjectRef,
+)
+
+ServiceId = tuple[str, str]  # (namespace, name)
+
+
+def _empty() -> Mapping[object, object]:
+    return FrozenDict()
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    version: int = 0
+    services: Mapping[ObjectRef, K8sService] = field(default_factory=_empty)  # type: ignore[assignment]
+    endpoint_slices: Mapping[ObjectRef, K8sEndpointSlice] = field(default_factory=_empty)  # type: ignore[assignment]
+    namespaces: Mapping[str, K8sNamespace] = field(default_factory=_empty)  # type: ignore[assignment]
+    pods: Mapping[ObjectRef, K8sPod] = field(default_factory=_empty)  # type: ignore[assignment]
+    config_maps: Mapping[ObjectRef, K8sConfigMap] = field(default_factory=_empty)  # type: ignore[assignment]
+    secrets: Mapping[ObjectRef, K8sSecret] = field(default_factory=_empty)  # type: ignore[assignment]
+    # Mesh identities and trust bundles from the identity providers, by SDS name.
+    mesh_secrets: Mapping[SecretName, Secret] = field(default_factory=_empty)  # type: ignore[assignment]
+    # Problems the sources found (a file that failed to parse, ...).
+    source_diagnostics: tuple[Diagnostic, ...] = ()
+    # Indexes kept by the store.
+    slices_by_service: Mapping[ServiceId, frozenset[ObjectRef]] = field(default_factory=_empty)  # type: ignore[assignment]
+    services_by_pod: Mapping[ObjectRef, frozenset[ServiceId]] = field(default_factory=_empty)  # type: ignore[assignment]
+
+    def slices_of(self, namespace: str, service: str) -> list[K8sEndpointSlice]:
+        """The Service's EndpointSlices, sorted by name."""
+        refs = self.slices_by_service.get((namespace, service), frozenset())
+        return [self.endpoint_slices[r] for r in sorted(refs)]
+
+    def namespace(self, name: str) -> K8sNamespace | None:
+        return self.namespaces.get(name)
+
+    def pod(self, namespace: str, name: str) -> K8sPod | None:
+        return self.pods.get(ObjectRef(Kind.POD, namespace, name))

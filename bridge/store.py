@@ -1,0 +1,251 @@
+"""The store: the one mutable holder of source state, and its change log.
+
+Sources call :meth:`Store.upsert`, :meth:`Store.delete` and
+:meth:`Store.replace` (an atomic swap of everything one source holds, for a
+relist or a directory rescan). Putting a value equal to the current one is a
+no-op. The pipeline calls :meth:`Store.take` to get a new frozen
+:class:`World` and the set of refs that changed since the last take.
+
+Not thread-safe: sources and the pipeline share one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bridge.model.diagnostics import Diagnostic
+from bridge.model.frozen import FrozenDict
+from bridge.model.ir import Secret, SecretName
+from bridge.model.k8s import (
+    K8sConfigMap,
+    K8sEndpointSlice,
+    K8sNamespace,
+    K8sObject,
+    K8sPod,
+    K8sSecret,
+    K8sService,
+    Kind,
+    ObjectRef,
+)
+from bridge.model.world import ServiceId, World
+
+_FIELD_BY_KIND: dict[Kind, str] = {
+    Kind.SERVICE: "services",
+    Kind.ENDPOINT_SLICE: "endpoint_slices",
+    Kind.NAMESPACE: "namespaces",
+    Kind.POD: "pods",
+    Kind.CONFIG_MAP: "config_maps",
+    Kind.SECRET: "secrets",
+}
+_KIND_BY_TYPE: dict[type, Kind] = {
+    K8sService: Kind.SERVICE,
+    K8sEndpointSlice: Kind.ENDPOINT_SLICE,
+    K8sNamespace: Kind.NAMESPACE,
+    K8sPod: Kind.POD,
+    K8sConfigMap: Kind.CONFIG_MAP,
+    K8sSecret: Kind.SECRET,
+}
+
+
+def ref_of(obj: K8sObject) -> ObjectRef:
+    return obj.ref
+
+
+def _key(ref: ObjectRef) -> Any:
+    # Namespaces are keyed by name alone in the World.
+    return ref.name if ref.kind is Kind.NAMESPACE else ref
+
+
+class Store:
+    def __init__(self) -> None:
+        self._maps: dict[Kind, dict[Any, Any]] = {k: {} for k in _FIELD_BY_KIND}
+        self._owner: dict[ObjectRef, str] = {}
+        self._by_source: dict[str, set[ObjectRef]] = {}
+        self._synced: dict[str, bool] = {}
+        self._source_diags: dict[str, tuple[Diagnostic, ...]] = {}
+        self._mesh_secrets: dict[SecretName, Secret] = {}
+        self._slices_by_service: dict[ServiceId, frozenset[ObjectRef]] = {}
+        self._services_by_pod: dict[ObjectRef, frozenset[ServiceId]] = {}
+        self._pod_refs_by_slice: dict[ObjectRef, tuple[ServiceId, frozenset[ObjectRef]]] = {}
+        self._changed: set[ObjectRef] = set()
+        self._dirty_fields: set[str] = set(_FIELD_BY_KIND.values()) | {
+            "mesh_secrets",
+            "source_diagnostics",
+            "slices_by_service",
+            "services_by_pod",
+        }
+        self._world = World()
+        self._version = 0
+        self._event = asyncio.Event()
+        self._secrets_changed = False
+
+    # -- sources -------------------------------------------------------------
+
+    def register_source(self, source: str) -> None:
+        """Declare a source; nothing is published until every one has synced."""
+        self._synced.setdefault(source, False)
+        self._by_source.setdefault(source, set())
+
+    def mark_synced(self, source: str) -> None:
+        self.register_source(source)
+        if not self._synced[source]:
+            self._synced[source] = True
+            self._event.set()
+
+    @property
+    def synced(self) -> bool:
+        return all(self._synced.values())
+
+    def sync_state(self) -> Mapping[str, bool]:
+        return dict(self._synced)
+
+    def upsert(self, source: str, obj: K8sObject) -> bool:
+        """Put one object; returns whether anything changed."""
+        self.register_source(source)
+        ref = obj.ref
+        kind = _KIND_BY_TYPE[type(obj)]
+        m = self._maps[kind]
+        key = _key(ref)
+        if m.get(key) == obj and self._owner.get(ref) == source:
+            return False
+        old_owner = self._owner.get(ref)
+        if old_owner is not None and old_owner != source:
+            self._by_source[old_owner].discard(ref)
+        m[key] = obj
+        self._owner[ref] = source
+        self._by_source[source].add(ref)
+        if kind is Kind.ENDPOINT_SLICE:
+            assert isinstance(obj, K8sEndpointSlice)
+            self._index_slice(ref, obj)
+        self._touch(ref, _FIELD_BY_KIND[kind])
+        return True
+
+    def delete(self, source: str, ref: ObjectRef) -> bool:
+        m = self._maps[ref.kind]
+        key = _key(ref)
+        if key not in m:
+            return False
+        del m[key]
+        owner = self._owner.pop(ref, None)
+        if owner is not None:
+            self._by_source[owner].discard(ref)
+        if ref.kind is Kind.ENDPOINT_SLICE:
+            self._index_slice(ref, None)
+        self._touch(ref, _FIELD_BY_KIND[ref.kind])
+        return True
+
+    def replace(self, source: str, objects: Iterable[K8sObject]) -> int:
+        """Make ``objects`` everything ``source`` holds, in one step.
+
+        Objects the source held before and does not list now are deleted;
+        equal objects are no-ops. Readers never see an in-between state,
+        because a World is only made by :meth:`take`.
+        """
+        self.register_source(source)
+        keep: set[ObjectRef] = set()
+        n = 0
+        for obj in objects:
+            keep.add(obj.ref)
+            n += self.upsert(source, obj)
+        for ref in list(self._by_source[source] - keep):
+            n += self.delete(source, ref)
+        return n
+
+    def set_source_diagnostics(self, source: str, diags: Iterable[Diagnostic]) -> None:
+        new = tuple(sorted(diags))
+        if self._source_diags.get(source, ()) != new:
+            self._source_diags[source] = new
+            self._dirty_fields.add("source_diagnostics")
+            self._event.set()
+
+    def put_mesh_secret(self, secret: Secret) -> None:
+        if self._mesh_secrets.get(secret.name) == secret:
+            return
+        self._mesh_secrets[secret.name] = secret
+        self._dirty_fields.add("mesh_secrets")
+        self._secrets_changed = True
+        self._event.set()
+
+    def remove_mesh_secret(self, name: SecretName) -> None:
+        if self._mesh_secrets.pop(name, None) is not None:
+            self._dirty_fields.add("mesh_secrets")
+            self._secrets_changed = True
+            self._event.set()
+
+    # -- the pipeline ---------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._changed or self._dirty_fields)
+
+    async def wait(self) -> None:
+        """Wait until something changed (or a source synced) since the last take."""
+        while not self._event.is_set():
+            await self._event.wait()
+        self._event.clear()
+
+    def take(self) -> tuple[World, frozenset[ObjectRef]]:
+        """A new World (only changed maps copied) and the refs changed since the last take."""
+        changed = frozenset(self._changed)
+        self._changed.clear()
+        self._secrets_changed = False
+        if not self._dirty_fields:
+            return self._world, changed
+        self._version += 1
+        updates: dict[str, Any] = {"version": self._version}
+        for kind, fname in _FIELD_BY_KIND.items():
+            if fname in self._dirty_fields:
+                updates[fname] = FrozenDict(self._maps[kind])
+        if "mesh_secrets" in self._dirty_fields:
+            updates["mesh_secrets"] = FrozenDict(self._mesh_secrets)
+        if "source_diagnostics" in self._dirty_fields:
+            updates["source_diagnostics"] = tuple(
+                sorted(d for ds in self._source_diags.values() for d in ds)
+            )
+        if "slices_by_service" in self._dirty_fields:
+            updates["slices_by_service"] = FrozenDict(self._slices_by_service)
+        if "services_by_pod" in self._dirty_fields:
+            updates["services_by_pod"] = FrozenDict(self._services_by_pod)
+        self._dirty_fields.clear()
+        old = self._world
+        self._world = World(
+            **{f: updates.get(f, getattr(old, f)) for f in World.__dataclass_fields__}
+        )
+        return self._world, changed
+
+    # -- internals -----------------------------------------------------------
+
+    def _touch(self, ref: ObjectRef, fname: str) -> None:
+        self._changed.add(ref)
+        self._dirty_fields.add(fname)
+        self._event.set()
+
+    def _index_slice(self, ref: ObjectRef, obj: K8sEndpointSlice | None) -> None:
+        old = self._pod_refs_by_slice.pop(ref, None)
+        if old is not None:
+            sid, pods = old
+            refs = self._slices_by_service.get(sid, frozenset()) - {ref}
+            if refs:
+                self._slices_by_service[sid] = refs
+            else:
+                self._slices_by_service.pop(sid, None)
+            for p in pods:
+                svcs = self._services_by_pod.get(p, frozenset()) - {sid}
+                if svcs:
+                    self._services_by_pod[p] = svcs
+                else:
+                    self._services_by_pod.pop(p, None)
+        if obj is not None:
+            sid = (obj.namespace, obj.service_name)
+            pods = frozenset(
+                ObjectRef(Kind.POD, obj.namespace, e.target_pod)
+                for e in obj.endpoints
+                if e.target_pod
+            )
+            self._pod_refs_by_slice[ref] = (sid, pods)
+            self._slices_by_service[sid] = self._slices_by_service.get(sid, frozenset()) | {ref}
+            for p in pods:
+                self._services_by_pod[p] = self._services_by_pod.get(p, frozenset()) | {sid}
+        self._dirty_fields.update(("slices_by_service", "services_by_pod"))
