@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bridge.model.consul import ConsulService, ConsulServiceKey
 from bridge.model.diagnostics import Diagnostic
 from bridge.model.frozen import FrozenDict
 from bridge.model.ir import Secret, SecretName
@@ -49,8 +50,11 @@ _KIND_BY_TYPE: dict[type, Kind] = {
 }
 
 
-def ref_of(obj: K8sObject) -> ObjectRef:
-    return obj.ref
+def consul_ref(key: ConsulServiceKey) -> ObjectRef:
+    """The change-log ref of a watched Consul service."""
+    return ObjectRef(
+        Kind.CONSUL_SERVICE, key.datacenter, key.service + ("#connect" if key.connect else "")
+    )
 
 
 def _key(ref: ObjectRef) -> Any:
@@ -66,12 +70,14 @@ class Store:
         self._synced: dict[str, bool] = {}
         self._source_diags: dict[str, tuple[Diagnostic, ...]] = {}
         self._mesh_secrets: dict[SecretName, Secret] = {}
+        self._consul: dict[ConsulServiceKey, ConsulService] = {}
         self._slices_by_service: dict[ServiceId, frozenset[ObjectRef]] = {}
         self._services_by_pod: dict[ObjectRef, frozenset[ServiceId]] = {}
         self._pod_refs_by_slice: dict[ObjectRef, tuple[ServiceId, frozenset[ObjectRef]]] = {}
         self._changed: set[ObjectRef] = set()
         self._dirty_fields: set[str] = set(_FIELD_BY_KIND.values()) | {
             "mesh_secrets",
+            "consul_services",
             "source_diagnostics",
             "slices_by_service",
             "services_by_pod",
@@ -174,6 +180,21 @@ class Store:
             self._secrets_changed = True
             self._event.set()
 
+    def put_consul_service(self, svc: ConsulService) -> None:
+        """Set the passing instances of one watched Consul service."""
+        if self._consul.get(svc.key) == svc:
+            return
+        self._consul[svc.key] = svc
+        self._changed.add(consul_ref(svc.key))
+        self._dirty_fields.add("consul_services")
+        self._event.set()
+
+    def remove_consul_service(self, key: ConsulServiceKey) -> None:
+        if self._consul.pop(key, None) is not None:
+            self._changed.add(consul_ref(key))
+            self._dirty_fields.add("consul_services")
+            self._event.set()
+
     # -- the pipeline ---------------------------------------------------------
 
     @property
@@ -200,6 +221,8 @@ class Store:
                 updates[fname] = FrozenDict(self._maps[kind])
         if "mesh_secrets" in self._dirty_fields:
             updates["mesh_secrets"] = FrozenDict(self._mesh_secrets)
+        if "consul_services" in self._dirty_fields:
+            updates["consul_services"] = FrozenDict(self._consul)
         if "source_diagnostics" in self._dirty_fields:
             updates["source_diagnostics"] = tuple(
                 sorted(d for ds in self._source_diags.values() for d in ds)

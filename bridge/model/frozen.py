@@ -14,11 +14,8 @@ class FrozenDict(Mapping[K, V]):
 
     __slots__ = ("_data", "_hash")
 
-    def __init__(self, data: Mapping[K, V] | None = None, /, **kwargs: Any) -> None:
-        d: dict[K, V] = dict(data) if data else {}
-        if kwargs:
-            d.update(kwargs)
-        self._data = d
+    def __init__(self, data: Mapping[K, V] | None = None, /) -> None:
+        self._data: dict[K, V] = dict(data) if data else {}
         self._hash: int | None = None
 
     def __getitem__(self, key: K) -> V:

@@ -9,6 +9,7 @@ only: nothing in meshbridge writes them to disk.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 
 class SecretBytes:
@@ -46,7 +47,7 @@ class SecretBytes:
     def __len__(self) -> int:
         return len(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("SecretBytes cannot be pickled")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bridge.model.consul import ConsulService, ConsulServiceKey
 from bridge.model.diagnostics import Diagnostic
 from bridge.model.frozen import FrozenDict
 from bridge.model.ir import Secret, SecretName
@@ -28,26 +29,23 @@ from bridge.model.k8s import (
 ServiceId = tuple[str, str]  # (namespace, name)
 
 
-def _empty() -> Mapping[object, object]:
-    return FrozenDict()
-
-
 @dataclass(frozen=True, slots=True)
 class World:
     version: int = 0
-    services: Mapping[ObjectRef, K8sService] = field(default_factory=_empty)  # type: ignore[assignment]
-    endpoint_slices: Mapping[ObjectRef, K8sEndpointSlice] = field(default_factory=_empty)  # type: ignore[assignment]
-    namespaces: Mapping[str, K8sNamespace] = field(default_factory=_empty)  # type: ignore[assignment]
-    pods: Mapping[ObjectRef, K8sPod] = field(default_factory=_empty)  # type: ignore[assignment]
-    config_maps: Mapping[ObjectRef, K8sConfigMap] = field(default_factory=_empty)  # type: ignore[assignment]
-    secrets: Mapping[ObjectRef, K8sSecret] = field(default_factory=_empty)  # type: ignore[assignment]
+    services: Mapping[ObjectRef, K8sService] = field(default_factory=FrozenDict)
+    endpoint_slices: Mapping[ObjectRef, K8sEndpointSlice] = field(default_factory=FrozenDict)
+    namespaces: Mapping[str, K8sNamespace] = field(default_factory=FrozenDict)
+    pods: Mapping[ObjectRef, K8sPod] = field(default_factory=FrozenDict)
+    config_maps: Mapping[ObjectRef, K8sConfigMap] = field(default_factory=FrozenDict)
+    secrets: Mapping[ObjectRef, K8sSecret] = field(default_factory=FrozenDict)
+    consul_services: Mapping[ConsulServiceKey, ConsulService] = field(default_factory=FrozenDict)
     # Mesh identities and trust bundles from the identity providers, by SDS name.
-    mesh_secrets: Mapping[SecretName, Secret] = field(default_factory=_empty)  # type: ignore[assignment]
+    mesh_secrets: Mapping[SecretName, Secret] = field(default_factory=FrozenDict)
     # Problems the sources found (a file that failed to parse, ...).
     source_diagnostics: tuple[Diagnostic, ...] = ()
     # Indexes kept by the store.
-    slices_by_service: Mapping[ServiceId, frozenset[ObjectRef]] = field(default_factory=_empty)  # type: ignore[assignment]
-    services_by_pod: Mapping[ObjectRef, frozenset[ServiceId]] = field(default_factory=_empty)  # type: ignore[assignment]
+    slices_by_service: Mapping[ServiceId, frozenset[ObjectRef]] = field(default_factory=FrozenDict)
+    services_by_pod: Mapping[ObjectRef, frozenset[ServiceId]] = field(default_factory=FrozenDict)
 
     def slices_of(self, namespace: str, service: str) -> list[K8sEndpointSlice]:
         """The Service's EndpointSlices, sorted by name."""
