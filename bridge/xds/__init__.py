@@ -1,0 +1,1 @@
+"""Translation: IR → Envoy resources. Pure: no I/O, no clocks, sorted output."""
