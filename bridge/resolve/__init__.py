@@ -1,0 +1,1 @@
+"""Resolve: World → IR (placeholder until the resolver lands)."""
