@@ -142,6 +142,9 @@ class TrustSecret:
 
     name: SecretName
     ca_bundle_pem: str
+    # The mesh's SPIFFE trust domain when the CA says it (Consul Connect roots'
+    # ``TrustDomain``); resolve needs it for SNI and SAN. "" = unknown.
+    trust_domain: str = ""
 
 
 Secret = IdentitySecret | TrustSecret

@@ -23,6 +23,7 @@ class Kind(StrEnum):
     SECRET = "Secret"
     CONSUL_SERVICE = "ConsulService"
     FILE = "File"
+    IDENTITY = "Identity"  # a mesh identity of the gateway (name = the mesh)
 
 
 @dataclass(frozen=True, slots=True, order=True)

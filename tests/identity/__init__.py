@@ -1,0 +1,1 @@
+"""Mesh identity: PKI, rotation, providers, upstream mTLS per mesh."""
