@@ -1,0 +1,1 @@
+"""Adapters: all I/O toward outside systems (Kubernetes, Consul, mesh CAs)."""
