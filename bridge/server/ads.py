@@ -1,0 +1,640 @@
+"""The Aggregated Discovery Service: state-of-the-world and delta xDS over gRPC.
+
+:class:`AdsServer` serves ``StreamAggregatedResources`` (SotW) and
+``DeltaAggregatedResources`` (delta) from a :class:`SnapshotCache`. One task
+per stream owns that stream's state; a reader feeds it requests and the cache
+wakes it when the stream's group gets a new snapshot (no polling).
+
+Protocol rules it keeps (see the module's tests):
+
+- a fresh nonce per response; a SotW request echoing an older nonce is
+  ignored (its NACK, if any, is still recorded);
+- NACK = ``error_detail`` set. The client keeps its last good resources; the
+  rejected content is never resent on this stream — a type is held until its
+  content changes. NACKs are counted, observed, logged once per node and
+  message, and the last one per node is kept for ``/debug``;
+- LDS and CDS replies carry the full set the client asked for; EDS, RDS and
+  SDS go by name, including names the snapshot lacks (answered when they
+  appear) and names newly requested even if unchanged;
+- after a cluster (listener) is sent, its EDS (RDS) is sent again even if
+  unchanged, so warming completes; types go in ``PUSH_ORDER``;
+- delta: ``removed_resources`` for deleted and nonexistent names,
+  wildcard and named subscriptions, ``initial_resource_versions`` honoured
+  on reconnect, unsubscribe-only requests need no reply;
+- secrets only to nodes the :class:`AccessPolicy` allows, over loopback TCP,
+  a Unix socket or mTLS. Node ids outside the allow-list are refused.
+
+It must not build resources (the pipeline and translation do) and must not
+import metrics libraries: :class:`XdsObserver` is the hook for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
+
+from bridge.server.cache import Entry, Snapshot, SnapshotCache, kind
+from bridge.server.wire import encode_delta_response, encode_discovery_response, encode_resource
+from bridge.xds.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, PUSH_ORDER, ROUTE
+from bridge.xds.resources import SECRET as SECRET_TYPE
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+SOTW_METHOD = "StreamAggregatedResources"
+DELTA_METHOD = "DeltaAggregatedResources"
+
+# What a type's change forces to be re-sent so the client's warming finishes.
+_WARMS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
+_WILDCARD = "*"
+
+
+class XdsObserver(Protocol):
+    """Callbacks for metrics; every method must be cheap and must not raise."""
+
+    def on_connect(self, node_id: str, group: str, mode: str) -> None: ...
+    def on_disconnect(self, node_id: str, group: str, mode: str) -> None: ...
+    def on_response(self, node_id: str, type_url: str, resources: int, size: int) -> None: ...
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None: ...
+    def on_nack(self, node_id: str, type_url: str, message: str) -> None: ...
+
+
+class NullObserver:
+    """An observer that does nothing (the default)."""
+
+    def on_connect(self, node_id: str, group: str, mode: str) -> None:
+        pass
+
+    def on_disconnect(self, node_id: str, group: str, mode: str) -> None:
+        pass
+
+    def on_response(self, node_id: str, type_url: str, resources: int, size: int) -> None:
+        pass
+
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+        pass
+
+    def on_nack(self, node_id: str, type_url: str, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    type_url: str
+    message: str
+    at: float  # the server's clock (injectable)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    type_url: str
+    acked_version: str  # "" until the first ACK
+    nacks: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One connected stream, for ``/debug``."""
+
+    node_id: str
+    group: str
+    mode: str  # "sotw" or "delta"
+    peer: str
+    connected_since: float
+    secrets: bool  # whether this stream may receive secrets
+    types: tuple[TypeStatus, ...]
+    last_nack: Nack | None  # the node's last NACK, kept across reconnects
+    responses: int
+    bytes_sent: int
+
+
+def private_transport(peer: str, mtls: bool) -> bool:
+    """Whether a connection may carry secrets: mTLS, a Unix socket, or loopback TCP."""
+    if mtls or peer.startswith("unix:"):
+        return True
+    host = peer.split(":", 1)[1] if ":" in peer else peer
+    host = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True, eq=False)
+class _Sent:
+    """What one response carried, kept until its ACK or NACK."""
+
+    type_url: str
+    version: str
+    items: dict[str, str | None]  # name -> version sent (None: removed)
+    before: dict[str, str | None]  # name -> what the client had before (None: nothing)
+    view: str  # full-state types: the signature of the whole reply
+
+
+@dataclass(slots=True, eq=False)
+class _TypeState:
+    type_url: str
+    requested: bool = False
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    have: dict[str, str] = field(default_factory=dict)  # what the client has (or is sent)
+    dirty: set[str] = field(default_factory=set)  # newly subscribed: look at these
+    forced: set[str] = field(default_factory=set)  # send even if unchanged (warming)
+    rejected: set[tuple[str, str]] = field(default_factory=set)  # (name, version) NACKed
+    view: str = ""  # full-state: signature of the last reply sent
+    rejected_view: str | None = None
+    last_nonce: str = ""
+    inflight: dict[str, _Sent] = field(default_factory=dict)
+    acked_version: str = ""
+    nacks: int = 0
+    seen_serial: int | None = None
+
+
+class _Stream:
+    """The state of one ADS stream; touched only by its own task."""
+
+    def __init__(
+        self,
+        server: AdsServer,
+        *,
+        node_id: str,
+        group: str,
+        delta: bool,
+        peer: str,
+        secrets: bool,
+    ) -> None:
+        self.server = server
+        self.node_id = node_id
+        self.group = group
+        self.delta = delta
+        self.peer = peer
+        self.secrets = secrets
+        self.connected_since = server.clock()
+        self.types: dict[str, _TypeState] = {}
+        self.requests: collections.deque[Any] = collections.deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.responses = 0
+        self.bytes_sent = 0
+        self._nonces = itertools.count(1)
+        self._withheld_logged = False
+
+    def state(self, type_url: str) -> _TypeState:
+        ts = self.types.get(type_url)
+        if ts is None:
+            ts = self.types[type_url] = _TypeState(type_url)
+        return ts
+
+    def nonce(self) -> str:
+        return str(next(self._nonces))
+
+    def status(self) -> StreamStatus:
+        return StreamStatus(
+            node_id=self.node_id,
+            group=self.group,
+            mode="delta" if self.delta else "sotw",
+            peer=self.peer,
+            connected_since=self.connected_since,
+            secrets=self.secrets,
+            types=tuple(
+                TypeStatus(t, ts.acked_version, ts.nacks) for t, ts in sorted(self.types.items())
+            ),
+            last_nack=self.server.last_nack(self.node_id),
+            responses=self.responses,
+            bytes_sent=self.bytes_sent,
+        )
+
+    # -- requests ------------------------------------------------------------
+
+    def _record_reply(self, ts: _TypeState, nonce: str, error: str | None) -> None:
+        """Apply the client's ACK or NACK of the response carrying ``nonce``."""
+        sent = ts.inflight.pop(nonce, None)
+        if sent is None:
+            return
+        if error is None:
+            ts.acked_version = sent.version
+            self.server.observer.on_ack(self.node_id, ts.type_url, sent.version)
+            return
+        ts.nacks += 1
+        # The client keeps what it had: forget what we sent, remember it was refused.
+        for name, version in sent.items.items():
+            if version is not None:
+                ts.rejected.add((name, version))
+            old = sent.before.get(name)
+            if old is None:
+                ts.have.pop(name, None)
+            else:
+                ts.have[name] = old
+            ts.forced.discard(name)
+        if sent.view:
+            ts.rejected_view = sent.view
+            ts.have = {n: v for n, v in sent.before.items() if v is not None}
+        self.server.record_nack(self.node_id, ts.type_url, error)
+
+    def handle_sotw(self, req: discovery_v3.DiscoveryRequest) -> None:
+        ts = self.state(req.type_url)
+        nonce = req.response_nonce
+        error = _error(req)
+        if nonce:
+            self._record_reply(ts, nonce, error)
+            if nonce != ts.last_nonce:
+                return  # stale: the client has not seen our latest response yet
+        if error is None and req.version_info:
+            ts.acked_version = req.version_info
+        names = set(req.resource_names)
+        full = req.type_url in FULL_STATE_TYPES
+        # A full-state type asked for with no names (before any named request), or
+        # with "*", is a wildcard subscription.
+        wildcard = full and (
+            _WILDCARD in names or (not names and (ts.wildcard or not ts.requested))
+        )
+        names.discard(_WILDCARD)
+        first = not ts.requested
+        ts.requested = True
+        if wildcard != ts.wildcard:
+            ts.wildcard = wildcard
+            ts.view = ""  # the reply's scope changed: answer again
+        added = names - ts.names
+        for name in ts.names - names:
+            ts.have.pop(name, None)
+            ts.forced.discard(name)
+        ts.names = names
+        ts.dirty |= added
+        if full and (added or first):
+            ts.view = ""
+
+    def handle_delta(self, req: discovery_v3.DeltaDiscoveryRequest) -> None:
+        ts = self.state(req.type_url)
+        if req.response_nonce:
+            # Delta ACKs and NACKs name their response; subscription changes below
+            # are honoured whatever the nonce.
+            self._record_reply(ts, req.response_nonce, _error(req))
+        first = not ts.requested
+        ts.requested = True
+        if first:
+            for name, version in req.initial_resource_versions.items():
+                ts.have[name] = version
+            # Legacy wildcard: the first request of a type names nothing.
+            if not req.resource_names_subscribe and req.type_url in FULL_STATE_TYPES:
+                ts.wildcard = True
+        for name in req.resource_names_subscribe:
+            if name == _WILDCARD:
+                ts.wildcard = True
+                ts.seen_serial = None  # look at everything once
+            elif name not in ts.names:
+                ts.names.add(name)
+                ts.dirty.add(name)
+        for name in req.resource_names_unsubscribe:
+            if name == _WILDCARD:
+                ts.wildcard = False
+            else:
+                ts.names.discard(name)
+                ts.dirty.discard(name)
+                ts.forced.discard(name)
+            if not ts.wildcard:
+                ts.have.pop(name, None)
+
+    # -- responses -----------------------------------------------------------
+
+    def _may_send(self, type_url: str) -> bool:
+        if type_url != SECRET_TYPE or self.secrets:
+            return True
+        if not self._withheld_logged:
+            self._withheld_logged = True
+            why = (
+                "not allowed to receive secrets"
+                if not self.server.cache.policy.may_receive_secrets(self.node_id)
+                else f"connection from {self.peer} is not loopback, a Unix socket or mTLS"
+            )
+            log.warning("withholding secrets from node %r: %s", self.node_id, why)
+        return False
+
+    def _order(self) -> list[str]:
+        return [t for t in PUSH_ORDER if t in self.types] + sorted(
+            t for t in self.types if t not in PUSH_ORDER
+        )
+
+    def respond(self, snap: Snapshot) -> Iterator[bytes]:
+        for type_url in self._order():
+            ts = self.types[type_url]
+            if not ts.requested or not self._may_send(type_url):
+                continue
+            changed = (
+                snap.changed.get(type_url, frozenset())
+                if ts.seen_serial is not None and snap.base_serial == ts.seen_serial
+                else None
+            )
+            if ts.seen_serial == snap.serial:
+                changed = frozenset()
+            ts.seen_serial = snap.serial
+            if self.delta:
+                out = self._delta(ts, snap, changed)
+            elif type_url in FULL_STATE_TYPES:
+                out = self._sotw_full(ts, snap)
+            else:
+                out = self._sotw_named(ts, snap, changed)
+            if out is not None:
+                yield out
+
+    def _warm(self, type_url: str, sent: Iterable[Entry]) -> None:
+        target = _WARMS.get(type_url)
+        if target is None:
+            return
+        tts = self.state(target)
+        for entry in sent:
+            for ref_type, ref_name in entry.refs:
+                if ref_type == target:
+                    tts.forced.add(ref_name)
+
+    def _finish(self, ts: _TypeState, sent: _Sent, payload: bytes, count: int) -> bytes:
+        ts.inflight[ts.last_nonce] = sent
+        self.responses += 1
+        self.bytes_sent += len(payload)
+        self.server.observer.on_response(self.node_id, ts.type_url, count, len(payload))
+        return payload
+
+    def _sotw_full(self, ts: _TypeState, snap: Snapshot) -> bytes | None:
+        entries = snap.entries(ts.type_url)
+        if ts.wildcard:
+            chosen: Sequence[Entry] = list(entries.values())
+            view = "*" + snap.version(ts.type_url)
+        else:
+            chosen = [entries[n] for n in sorted(ts.names) if n in entries]
+            view = "|".join(f"{e.name}@{e.version}" for e in chosen) + "|" + ",".join(ts.names)
+        if view in (ts.view, ts.rejected_view):
+            ts.dirty.clear()
+            return None
+        changed = [e for e in chosen if ts.have.get(e.name) != e.version]
+        before: dict[str, str | None] = dict(ts.have)
+        ts.have = {e.name: e.version for e in chosen}
+        ts.view = view
+        ts.dirty.clear()
+        version = snap.version(ts.type_url)
+        ts.last_nonce = self.nonce()
+        self._warm(ts.type_url, changed)
+        items: dict[str, str | None] = {e.name: e.version for e in changed}
+        payload = encode_discovery_response(
+            version, ts.type_url, ts.last_nonce, (e.any_bytes for e in chosen)
+        )
+        return self._finish(
+            ts, _Sent(ts.type_url, version, items, before, view), payload, len(chosen)
+        )
+
+    def _sotw_named(
+        self, ts: _TypeState, snap: Snapshot, changed: frozenset[str] | None
+    ) -> bytes | None:
+        entries = snap.entries(ts.type_url)
+        candidates = ts.names if changed is None else (changed & ts.names)
+        eager = ts.dirty | ts.forced
+        out: list[Entry] = []
+        for name in sorted(candidates | (eager & ts.names)):
+            e = entries.get(name)
+            if e is None or (name, e.version) in ts.rejected:
+                continue
+            if name in eager or ts.have.get(name) != e.version:
+                out.append(e)
+        ts.dirty.clear()
+        ts.forced.clear()
+        if not out:
+            return None
+        before: dict[str, str | None] = {e.name: ts.have.get(e.name) for e in out}
+        for e in out:
+            ts.have[e.name] = e.version
+        version = snap.version(ts.type_url)
+        ts.last_nonce = self.nonce()
+        self._warm(ts.type_url, out)
+        items: dict[str, str | None] = {e.name: e.version for e in out}
+        payload = encode_discovery_response(
+            version, ts.type_url, ts.last_nonce, (e.any_bytes for e in out)
+        )
+        return self._finish(ts, _Sent(ts.type_url, version, items, before, ""), payload, len(out))
+
+    def _delta(
+        self, ts: _TypeState, snap: Snapshot, changed: frozenset[str] | None
+    ) -> bytes | None:
+        entries = snap.entries(ts.type_url)
+        if changed is None:
+            candidates = set(ts.names) | set(ts.have)
+            if ts.wildcard:
+                candidates |= set(entries)
+        else:
+            candidates = {n for n in changed if ts.wildcard or n in ts.names or n in ts.have}
+        new_names, forced = ts.dirty, ts.forced
+        send: list[Entry] = []
+        removed: list[str] = []
+        for name in sorted(candidates | new_names | forced):
+            if not (ts.wildcard or name in ts.names):
+                continue
+            e = entries.get(name)
+            if e is not None:
+                if (name, e.version) in ts.rejected:
+                    continue
+                if name in forced or ts.have.get(name) != e.version:
+                    send.append(e)
+            elif name in ts.have or name in new_names:
+                # Deleted, or asked for and nonexistent: say so once.
+                removed.append(name)
+        ts.dirty, ts.forced = set(), set()
+        if not send and not removed:
+            return None
+        before: dict[str, str | None] = {n: ts.have.get(n) for n in removed}
+        before.update((e.name, ts.have.get(e.name)) for e in send)
+        for e in send:
+            ts.have[e.name] = e.version
+        for name in removed:
+            ts.have.pop(name, None)
+        version = snap.version(ts.type_url)
+        ts.last_nonce = self.nonce()
+        self._warm(ts.type_url, send)
+        items: dict[str, str | None] = {e.name: e.version for e in send}
+        items.update(dict.fromkeys(removed))
+        payload = encode_delta_response(
+            version,
+            ts.type_url,
+            ts.last_nonce,
+            (encode_resource(e.name, e.version, e.any_bytes) for e in send),
+            removed,
+        )
+        return self._finish(ts, _Sent(ts.type_url, version, items, before, ""), payload, len(send))
+
+
+def _error(req: Any) -> str | None:
+    """The NACK message of a request, or None for an ACK or a plain request."""
+    if not req.HasField("error_detail"):
+        return None
+    return str(req.error_detail.message) or "(no message)"
+
+
+class AdsServer:
+    """ADS handlers over a :class:`SnapshotCache`; mount with :meth:`handler`.
+
+    ``clock`` (seconds, wall time) stamps connections and NACKs; tests inject it.
+    """
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        observer: XdsObserver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.observer: XdsObserver = observer or NullObserver()
+        self.clock = clock
+        self._streams: set[_Stream] = set()
+        self._last_nack: dict[str, Nack] = {}
+        self._logged_nacks: set[tuple[str, str, str]] = set()
+        self.nack_counts: collections.Counter[str] = collections.Counter()
+
+    # -- status --------------------------------------------------------------
+
+    def status(self) -> list[StreamStatus]:
+        """Every connected stream, sorted by node id."""
+        return sorted((s.status() for s in self._streams), key=lambda s: (s.node_id, s.mode))
+
+    def last_nack(self, node_id: str) -> Nack | None:
+        return self._last_nack.get(node_id)
+
+    def record_nack(self, node_id: str, type_url: str, message: str) -> None:
+        self.nack_counts[type_url] += 1
+        self._last_nack[node_id] = Nack(type_url, message, self.clock())
+        self.observer.on_nack(node_id, type_url, message)
+        key = (node_id, type_url, message)
+        if key not in self._logged_nacks:
+            self._logged_nacks.add(key)
+            # Bound the memory of what was logged; a NACK storm is logged again later.
+            if len(self._logged_nacks) > 10_000:
+                self._logged_nacks.clear()
+            log.warning(
+                "node %r rejected %s: %s (keeping its last good config; "
+                "resending only when the content changes)",
+                node_id,
+                kind(type_url),
+                message,
+            )
+
+    # -- gRPC ----------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The gRPC handler for both ADS methods; responses are pre-encoded bytes."""
+
+        def identity(b: bytes) -> bytes:
+            return b
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                SOTW_METHOD: grpc.stream_stream_rpc_method_handler(
+                    self.stream_sotw,
+                    request_deserializer=discovery_v3.DiscoveryRequest.FromString,
+                    response_serializer=identity,
+                ),
+                DELTA_METHOD: grpc.stream_stream_rpc_method_handler(
+                    self.stream_delta,
+                    request_deserializer=discovery_v3.DeltaDiscoveryRequest.FromString,
+                    response_serializer=identity,
+                ),
+            },
+        )
+
+    def stream_sotw(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
+    ) -> AsyncIterator[bytes]:
+        return self._serve(requests, context, delta=False)
+
+    def stream_delta(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
+    ) -> AsyncIterator[bytes]:
+        return self._serve(requests, context, delta=True)
+
+    async def _serve(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, bytes],
+        *,
+        delta: bool,
+    ) -> AsyncIterator[bytes]:
+        iterator = aiter(requests)
+        try:
+            first = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        node_id = first.node.id
+        if not node_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first request on an ADS stream must carry node.id",
+            )
+        policy = self.cache.policy
+        if not policy.may_connect(node_id):
+            log.warning("refused xDS stream from node %r (peer %s)", node_id, context.peer())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node id {node_id!r} is not allowed: add it to the allowed node ids "
+                "of the xDS server configuration",
+            )
+        peer = context.peer()
+        mtls = bool(context.peer_identities())
+        stream = _Stream(
+            self,
+            node_id=node_id,
+            group=self.cache.group_of(node_id),
+            delta=delta,
+            peer=peer,
+            secrets=policy.may_receive_secrets(node_id) and private_transport(peer, mtls),
+        )
+        mode = "delta" if delta else "sotw"
+        stream.requests.append(first)
+        stream.wake.set()
+        self._streams.add(stream)
+        unwatch = self.cache.watch(stream.group, lambda _group: stream.wake.set())
+        reader = asyncio.create_task(self._read(iterator, stream))
+        self.observer.on_connect(node_id, stream.group, mode)
+        log.info(
+            "xDS %s stream from node %r (group %r, peer %s)", mode, node_id, stream.group, peer
+        )
+        try:
+            while True:
+                await stream.wake.wait()
+                stream.wake.clear()
+                while stream.requests:
+                    req = stream.requests.popleft()
+                    if delta:
+                        stream.handle_delta(req)
+                    else:
+                        stream.handle_sotw(req)
+                if stream.closed:
+                    return
+                snap = self.cache.snapshot(stream.group)
+                if snap is None:
+                    continue  # nothing published yet: answer once the first snapshot is set
+                for payload in stream.respond(snap):
+                    yield payload
+        finally:
+            unwatch()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._streams.discard(stream)
+            self.observer.on_disconnect(node_id, stream.group, mode)
+
+    @staticmethod
+    async def _read(iterator: AsyncIterator[Any], stream: _Stream) -> None:
+        try:
+            async for req in iterator:
+                stream.requests.append(req)
+                stream.wake.set()
+        except (asyncio.CancelledError, grpc.RpcError):
+            pass
+        finally:
+            stream.closed = True
+            stream.wake.set()

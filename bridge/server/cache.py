@@ -1,0 +1,355 @@
+"""The snapshot cache: versioned, serialized xDS resources shared by node groups.
+
+A :class:`Snapshot` is made from a :class:`bridge.xds.resources.Resources`.
+Every resource is serialized once (deterministically) into ``Any`` bytes and
+versioned by a hash of those bytes. A resource whose message object *is* the
+one in the previous snapshot reuses the previous entry, so one endpoint change
+costs work in proportion to the change: type versions are kept as an
+order-independent mix (XOR) of the per-resource hashes and updated
+incrementally, and so is the consistency check (the references each resource
+makes are extracted once, when its entry is made, and counted).
+
+:class:`SnapshotCache` holds one snapshot per node *group* — every node of the
+group is served the same object, never a copy — and tells watchers when a
+group's snapshot changes. It also holds the :class:`AccessPolicy` (which node
+ids may connect, which may receive secrets).
+
+This module knows nothing of gRPC or streams and does no I/O; the server
+(:mod:`bridge.server.ads`) reads snapshots and registers watches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.config.listener.v3 import listener_pb2 as listener_v3
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_v3,
+)
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
+from google.protobuf.message import Message
+
+from bridge.errors import ConsistencyError
+from bridge.server.wire import encode_any
+from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
+
+DEFAULT_GROUP = "default"
+
+Ref = tuple[str, str]  # (type URL, resource name) that a resource needs
+
+_KIND = {
+    LISTENER: "listener",
+    ROUTE: "route configuration",
+    CLUSTER: "cluster",
+    ENDPOINT: "cluster load assignment",
+    SECRET: "secret",
+}
+_HCM_URL = "type.googleapis.com/" + hcm_v3.HttpConnectionManager.DESCRIPTOR.full_name
+_UPSTREAM_TLS_URL = "type.googleapis.com/" + tls_v3.UpstreamTlsContext.DESCRIPTOR.full_name
+_DOWNSTREAM_TLS_URL = "type.googleapis.com/" + tls_v3.DownstreamTlsContext.DESCRIPTOR.full_name
+
+
+def kind(type_url: str) -> str:
+    """A human name for a type URL, for messages."""
+    return _KIND.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Entry:
+    """One serialized, versioned resource."""
+
+    name: str
+    version: str  # first 16 hex of SHA-256 of the deterministic serialization
+    message: Message  # the source object: ``is``-identical ⇒ reuse this entry
+    any_bytes: bytes  # google.protobuf.Any{type_url, value}, wire-encoded
+    refs: tuple[Ref, ...]  # resources this one needs (consistency check, warming)
+    mix: int  # contribution to the type version (hash of name and version)
+
+
+def _mix(name: str, version: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{name}\0{version}".encode()).digest()[:8], "big")
+
+
+def make_entry(type_url: str, name: str, message: Message) -> Entry:
+    value = message.SerializeToString(deterministic=True)
+    version = hashlib.sha256(value).hexdigest()[:16]
+    return Entry(
+        name=name,
+        version=version,
+        message=message,
+        any_bytes=encode_any(type_url, value),
+        refs=_refs(type_url, name, message),
+        mix=_mix(name, version),
+    )
+
+
+def _tls_secret_refs(tls: tls_v3.CommonTlsContext) -> Iterable[Ref]:
+    for sds in tls.tls_certificate_sds_secret_configs:
+        yield (SECRET, sds.name)
+    if tls.HasField("validation_context_sds_secret_config"):
+        yield (SECRET, tls.validation_context_sds_secret_config.name)
+    if tls.HasField("combined_validation_context"):
+        cvc = tls.combined_validation_context
+        if cvc.HasField("validation_context_sds_secret_config"):
+            yield (SECRET, cvc.validation_context_sds_secret_config.name)
+
+
+def _refs(type_url: str, name: str, message: Message) -> tuple[Ref, ...]:
+    out: list[Ref] = []
+    if type_url == CLUSTER and isinstance(message, cluster_v3.Cluster):
+        if message.type == cluster_v3.Cluster.EDS:
+            out.append((ENDPOINT, message.eds_cluster_config.service_name or name))
+        sockets = [message.transport_socket] if message.HasField("transport_socket") else []
+        sockets += [m.transport_socket for m in message.transport_socket_matches]
+        for ts in sockets:
+            if ts.typed_config.type_url == _UPSTREAM_TLS_URL:
+                up = tls_v3.UpstreamTlsContext()
+                ts.typed_config.Unpack(up)
+                out.extend(_tls_secret_refs(up.common_tls_context))
+    elif type_url == LISTENER and isinstance(message, listener_v3.Listener):
+        hcms = []
+        if message.HasField("api_listener"):
+            hcms.append(message.api_listener.api_listener)
+        chains = list(message.filter_chains)
+        if message.HasField("default_filter_chain"):
+            chains.append(message.default_filter_chain)
+        for chain in chains:
+            hcms.extend(f.typed_config for f in chain.filters if f.HasField("typed_config"))
+            ts = chain.transport_socket
+            if ts.typed_config.type_url == _DOWNSTREAM_TLS_URL:
+                down = tls_v3.DownstreamTlsContext()
+                ts.typed_config.Unpack(down)
+                out.extend(_tls_secret_refs(down.common_tls_context))
+        for any_ in hcms:
+            if any_.type_url == _HCM_URL:
+                hcm = hcm_v3.HttpConnectionManager()
+                any_.Unpack(hcm)
+                if hcm.HasField("rds"):
+                    out.append((ROUTE, hcm.rds.route_config_name))
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TypeSnapshot:
+    """The entries of one type, with the type's version."""
+
+    type_url: str
+    entries: Mapping[str, Entry]  # never mutated once the snapshot exists
+    source: Mapping[str, Message]  # the Resources mapping it was made from
+    mix: int
+
+    @property
+    def version(self) -> str:
+        return f"{self.mix:016x}"
+
+
+_EMPTY_TYPE: Mapping[str, Entry] = {}
+_serials: Iterator[int] = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """Every resource a node group is served, serialized and versioned.
+
+    Build with :meth:`from_resources`; pass the previous snapshot so unchanged
+    resources (the same message objects) are reused rather than re-serialized.
+    """
+
+    types: Mapping[str, TypeSnapshot]
+    ref_counts: Mapping[Ref, int] = field(repr=False)
+    dangling: frozenset[Ref] = frozenset()  # referenced but missing
+    # ``serial`` numbers snapshots; ``changed`` lists, per type, the names added,
+    # changed or removed since the snapshot numbered ``base_serial``, so a stream
+    # that saw that one looks only at these names instead of every name it watches.
+    serial: int = field(default_factory=lambda: next(_serials))
+    base_serial: int | None = None
+    changed: Mapping[str, frozenset[str]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_resources(cls, resources: Resources, previous: Snapshot | None = None) -> Snapshot:
+        prev_types: Mapping[str, TypeSnapshot] = previous.types if previous else {}
+        ref_counts: dict[Ref, int] = dict(previous.ref_counts) if previous else {}
+        candidates: set[Ref] = set()  # refs whose dangling status may have changed
+        types: dict[str, TypeSnapshot] = {}
+        changed: dict[str, frozenset[str]] = {}
+        for type_url in sorted(set(resources.by_type) | set(prev_types)):
+            source = resources.of(type_url)
+            prev = prev_types.get(type_url)
+            if prev is not None and prev.source is source:
+                types[type_url] = prev
+                continue
+            prev_entries = prev.entries if prev is not None else _EMPTY_TYPE
+            entries = dict(prev_entries)
+            mix = prev.mix if prev is not None else 0
+            kept = 0
+            names: list[str] = []
+            for name, message in source.items():
+                old = prev_entries.get(name)
+                if old is not None:
+                    kept += 1
+                    if old.message is message:
+                        continue
+                new = make_entry(type_url, name, message)
+                if old is not None and old.version == new.version:
+                    entries[name] = new  # same content, new object: remember the new object
+                    continue
+                names.append(name)
+                if old is not None:
+                    mix ^= old.mix
+                    _count(ref_counts, old.refs, -1, candidates)
+                else:
+                    candidates.add((type_url, name))
+                mix ^= new.mix
+                _count(ref_counts, new.refs, +1, candidates)
+                entries[name] = new
+            if kept < len(prev_entries):  # some names were removed: find them
+                for name, old in prev_entries.items():
+                    if name not in source:
+                        names.append(name)
+                        del entries[name]
+                        mix ^= old.mix
+                        _count(ref_counts, old.refs, -1, candidates)
+                        candidates.add((type_url, name))
+            if names:
+                changed[type_url] = frozenset(names)
+            if entries or type_url in resources.by_type:
+                types[type_url] = TypeSnapshot(type_url, entries, source, mix)
+        dangling = set(previous.dangling) if previous else set()
+        for ref in candidates:
+            t, n = ref
+            if ref_counts.get(ref, 0) > 0 and n not in types.get(t, _NO_TYPE).entries:
+                dangling.add(ref)
+            else:
+                dangling.discard(ref)
+        return cls(
+            types=types,
+            ref_counts=ref_counts,
+            dangling=frozenset(dangling),
+            base_serial=previous.serial if previous is not None else None,
+            changed=changed,
+        )
+
+    def entries(self, type_url: str) -> Mapping[str, Entry]:
+        ts = self.types.get(type_url)
+        return ts.entries if ts is not None else _EMPTY_TYPE
+
+    def version(self, type_url: str) -> str:
+        ts = self.types.get(type_url)
+        return ts.version if ts is not None else _NO_TYPE.version
+
+    def check_consistency(self) -> None:
+        """Raise :class:`ConsistencyError` naming every missing reference and who needs it."""
+        if not self.dangling:
+            return
+        problems: list[str] = []
+        for t, n in sorted(self.dangling):
+            users = sorted(
+                f"{kind(ut)} {un!r}"
+                for ut, ts in self.types.items()
+                for un, e in ts.entries.items()
+                if (t, n) in e.refs
+            )
+            problems.append(f"{', '.join(users)} needs {kind(t)} {n!r}, which the snapshot lacks")
+        raise ConsistencyError("inconsistent snapshot: " + "; ".join(problems))
+
+
+_NO_TYPE = TypeSnapshot("", _EMPTY_TYPE, {}, 0)
+
+
+def _count(counts: dict[Ref, int], refs: tuple[Ref, ...], delta: int, changed: set[Ref]) -> None:
+    for ref in refs:
+        n = counts.get(ref, 0) + delta
+        if n:
+            counts[ref] = n
+        else:
+            counts.pop(ref, None)
+        changed.add(ref)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who may connect, and who may receive secrets.
+
+    ``allowed_node_ids``: ``None`` lets any node id connect; otherwise others
+    are refused at stream start. ``secret_node_ids``: the node ids that may
+    receive secrets (SDS); ``None`` means "the allowed node ids" (and, with no
+    allow-list either, any node). Secrets also need a private transport —
+    loopback TCP, a Unix socket, or mTLS — whatever the node id.
+    """
+
+    allowed_node_ids: frozenset[str] | None = None
+    secret_node_ids: frozenset[str] | None = None
+
+    def may_connect(self, node_id: str) -> bool:
+        return self.allowed_node_ids is None or node_id in self.allowed_node_ids
+
+    def may_receive_secrets(self, node_id: str) -> bool:
+        allowed = (
+            self.secret_node_ids if self.secret_node_ids is not None else self.allowed_node_ids
+        )
+        return allowed is None or node_id in allowed
+
+
+Watcher = Callable[[str], None]
+
+
+class SnapshotCache:
+    """One snapshot per node group, watched by the server.
+
+    ``groups`` maps node ids to group names; every other node id is in
+    ``default_group``. ``set_snapshot`` checks consistency first: an
+    inconsistent snapshot raises and the previous one stays live.
+    """
+
+    def __init__(
+        self,
+        *,
+        groups: Mapping[str, str] | None = None,
+        default_group: str = DEFAULT_GROUP,
+        policy: AccessPolicy | None = None,
+    ) -> None:
+        self._groups = dict(groups or {})
+        self._default_group = default_group
+        self.policy = policy or AccessPolicy()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._generation: dict[str, int] = {}
+        self._watchers: dict[str, set[Watcher]] = {}
+
+    def group_of(self, node_id: str) -> str:
+        return self._groups.get(node_id, self._default_group)
+
+    def assign(self, node_id: str, group: str) -> None:
+        """Put ``node_id`` in ``group`` (its streams see it on their next change)."""
+        self._groups[node_id] = group
+
+    def set_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        snapshot.check_consistency()
+        if self._snapshots.get(group) is snapshot:
+            return
+        self._snapshots[group] = snapshot
+        self._generation[group] = self._generation.get(group, 0) + 1
+        for watcher in list(self._watchers.get(group, ())):
+            watcher(group)
+
+    def snapshot(self, group: str) -> Snapshot | None:
+        return self._snapshots.get(group)
+
+    def generation(self, group: str) -> int:
+        """How many snapshots have been set for ``group`` (tests wait on this)."""
+        return self._generation.get(group, 0)
+
+    def groups(self) -> list[str]:
+        return sorted(self._snapshots)
+
+    def watch(self, group: str, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(group)`` on every new snapshot of ``group``; returns an unwatch."""
+        self._watchers.setdefault(group, set()).add(watcher)
+
+        def unwatch() -> None:
+            self._watchers.get(group, set()).discard(watcher)
+
+        return unwatch
