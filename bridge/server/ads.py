@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ipaddress
 import itertools
 import logging
@@ -535,27 +536,17 @@ class AdsServer:
             SERVICE,
             {
                 SOTW_METHOD: grpc.stream_stream_rpc_method_handler(
-                    self.stream_sotw,
+                    functools.partial(self._serve, delta=False),
                     request_deserializer=discovery_v3.DiscoveryRequest.FromString,
                     response_serializer=identity,
                 ),
                 DELTA_METHOD: grpc.stream_stream_rpc_method_handler(
-                    self.stream_delta,
+                    functools.partial(self._serve, delta=True),
                     request_deserializer=discovery_v3.DeltaDiscoveryRequest.FromString,
                     response_serializer=identity,
                 ),
             },
         )
-
-    def stream_sotw(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
-    ) -> AsyncIterator[bytes]:
-        return self._serve(requests, context, delta=False)
-
-    def stream_delta(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
-    ) -> AsyncIterator[bytes]:
-        return self._serve(requests, context, delta=True)
 
     async def _serve(
         self,

@@ -13,13 +13,59 @@ from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 from google.rpc import status_pb2
 
 
-class SotwStream:
+class _Reader:
+    """Reads responses in a task: cancelling a pending ``read`` would cancel the call."""
+
+    call: Any
+
+    def _start(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.received = 0
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                resp = await self.call.read()
+                self.received += 1
+                await self.queue.put(resp)
+                if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+        except grpc.aio.AioRpcError as err:
+            await self.queue.put(err)
+
+    async def recv(self, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+        if self.task is None:
+            self.task = asyncio.create_task(self._pump())
+        resp = await asyncio.wait_for(self.queue.get(), timeout)
+        if isinstance(resp, grpc.aio.AioRpcError):
+            raise resp
+        assert resp is not grpc.aio.EOF, "stream ended"  # type: ignore[attr-defined]
+        return resp
+
+    async def nothing(self, within: float = 0.3) -> None:
+        """Assert no response arrives within ``within`` seconds (absence needs a window)."""
+        try:
+            resp = await self.recv(within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected response: {resp}")
+
+    async def close(self) -> None:
+        self.call.cancel()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class SotwStream(_Reader):
     """One StreamAggregatedResources call."""
 
     def __init__(self, stub: ads_grpc.AggregatedDiscoveryServiceStub, node_id: str) -> None:
         self.call: Any = stub.StreamAggregatedResources()
         self.node = base_v3.Node(id=node_id, cluster="test")
         self._first = True
+        self._start()
 
     async def send(
         self,
@@ -43,33 +89,18 @@ class SotwStream:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(req)
 
-    async def recv(self, timeout: float = 5.0) -> discovery_v3.DiscoveryResponse:  # noqa: ASYNC109
-        resp = await asyncio.wait_for(self.call.read(), timeout)
-        assert resp is not grpc.aio.EOF, "stream ended"  # type: ignore[attr-defined]
-        return resp
-
-    async def nothing(self, within: float = 0.3) -> None:
-        """Assert no response arrives within ``within`` seconds (absence needs a window)."""
-        try:
-            resp = await asyncio.wait_for(self.call.read(), within)
-        except TimeoutError:
-            return
-        raise AssertionError(f"unexpected response: {resp}")
-
     async def ack(self, resp: discovery_v3.DiscoveryResponse, names: Iterable[str] = ()) -> None:
         await self.send(resp.type_url, names, version=resp.version_info, nonce=resp.nonce)
 
-    def close(self) -> None:
-        self.call.cancel()
 
-
-class DeltaStream:
+class DeltaStream(_Reader):
     """One DeltaAggregatedResources call."""
 
     def __init__(self, stub: ads_grpc.AggregatedDiscoveryServiceStub, node_id: str) -> None:
         self.call: Any = stub.DeltaAggregatedResources()
         self.node = base_v3.Node(id=node_id, cluster="test")
         self._first = True
+        self._start()
 
     async def send(
         self,
@@ -95,23 +126,8 @@ class DeltaStream:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(req)
 
-    async def recv(self, timeout: float = 5.0) -> discovery_v3.DeltaDiscoveryResponse:  # noqa: ASYNC109
-        resp = await asyncio.wait_for(self.call.read(), timeout)
-        assert resp is not grpc.aio.EOF, "stream ended"  # type: ignore[attr-defined]
-        return resp
-
-    async def nothing(self, within: float = 0.3) -> None:
-        try:
-            resp = await asyncio.wait_for(self.call.read(), within)
-        except TimeoutError:
-            return
-        raise AssertionError(f"unexpected response: {resp}")
-
     async def ack(self, resp: discovery_v3.DeltaDiscoveryResponse) -> None:
         await self.send(resp.type_url, nonce=resp.nonce)
-
-    def close(self) -> None:
-        self.call.cancel()
 
 
 def names(resp: Any) -> list[str]:

@@ -65,7 +65,7 @@ async def harness(policy: AccessPolicy) -> AsyncIterator[Harness]:
         yield h
     finally:
         for s in h.streams:
-            s.close()
+            await s.close()
         await channel.close(None)
         await server.stop(0)
 
