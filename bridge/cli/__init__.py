@@ -1,0 +1,264 @@
+"""The ``meshbridge`` command: serve, bootstrap, resolve, version, demo.
+
+This is the one place where ``bridge`` and ``adapters`` meet: the CLI picks
+the source (``dir:PATH`` here, ``kubernetes`` from ``adapters.kubernetes``)
+and hands it to :class:`bridge.app.Bridge`.
+
+Exit codes: 0 success (``resolve`` exits 0 even when Services have
+diagnostics — they are the output), 1 a runtime failure, 2 a usage or
+config error (the message names the bad key or argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import bridge
+from bridge.app import Bridge, Source, SourceFactory
+from bridge.config import Config, load_config
+from bridge.errors import ConfigError, MeshbridgeError
+from bridge.sources.dir import DirSource
+from bridge.store import Store
+
+log = logging.getLogger("bridge.cli")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(MeshbridgeError):
+    """Bad command-line arguments (exit code 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshbridge",
+        description="xDS control plane for an edge Envoy beside a service mesh.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the control plane")
+    _source_args(serve)
+    serve.add_argument("--xds", metavar="ADDR", help="xDS address (HOST:PORT or unix:PATH)")
+    serve.add_argument("--admin", metavar="ADDR", help="admin address (HOST:PORT)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects over ADS")
+    boot.add_argument("--xds", metavar="ADDR", required=True, help="the bridge's xDS address")
+    boot.add_argument("--node-id", required=True, help="Envoy's node id")
+    boot.add_argument("--listen-port", type=int, default=8080, help="gateway listener port")
+    boot.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port")
+    boot.add_argument("--delta", action="store_true", help="use delta (incremental) ADS")
+
+    res = sub.add_parser("resolve", help="show what each Service resolves to, once")
+    _source_args(res)
+    res.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    res.add_argument("services", nargs="*", metavar="NS/SVC", help="only these (or NS for all)")
+
+    sub.add_parser("version", help="print the version")
+
+    sub.add_parser("demo", help="run the embedded demo (needs envoy on PATH)")
+    return p
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config file (YAML)")
+    p.add_argument(
+        "--source", metavar="SOURCE", help="kubernetes or dir:PATH (default: the config's)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "bootstrap":
+            return _bootstrap(args)
+        if args.command == "resolve":
+            return _resolve(args)
+        if args.command == "version":
+            print(f"meshbridge {bridge.__version__}")
+            return EXIT_OK
+        if args.command == "demo":
+            from bridge.demo import run_demo
+
+            return run_demo()
+    except (ConfigError, UsageError) as exc:
+        print(f"meshbridge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MeshbridgeError as exc:
+        print(f"meshbridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)
+
+
+# -- sources -------------------------------------------------------------------
+
+
+def _source_spec(args: argparse.Namespace, config: Config) -> str:
+    spec: str = args.source or config.source
+    if spec != "kubernetes" and not (spec.startswith("dir:") and len(spec) > 4):
+        raise UsageError(f"--source {spec!r}: expected 'kubernetes' or 'dir:PATH'")
+    return spec
+
+
+class _KubernetesSource:
+    """The Kubernetes adapter as a :class:`bridge.app.Source`."""
+
+    name = "kubernetes"
+
+    def __init__(self, store: Store, config: Config) -> None:
+        try:
+            from adapters.kubernetes.source import run_kubernetes_source
+        except ImportError as exc:
+            raise UsageError(
+                "kubernetes source not available in this build; use --source dir:PATH"
+            ) from exc
+        self._run = run_kubernetes_source
+        self.store = store
+        self.config = config
+
+    async def run(self) -> None:
+        # Runs until cancelled; the adapter stops its watches on the way out.
+        await self._run(self.store, self.config, asyncio.Event())
+
+
+def _source_factory(spec: str, config: Config) -> SourceFactory:
+    def factory(store: Store) -> list[Source]:
+        if spec == "kubernetes":
+            return [_KubernetesSource(store, config)]
+        return [
+            DirSource(
+                store,
+                spec.removeprefix("dir:"),
+                poll_interval=config.dir_source.poll_interval_ms / 1000,
+            )
+        ]
+
+    return factory
+
+
+# -- serve -----------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = load_config(args.config)
+    spec = _source_spec(args, config)
+    app = Bridge(
+        config,
+        _source_factory(spec, config),
+        xds_address=args.xds,
+        admin_address=args.admin,
+    )
+    return asyncio.run(_serve_until_signal(app))
+
+
+async def _serve_until_signal(app: Bridge) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    log.info(
+        "meshbridge %s serving xDS on %s",
+        bridge.__version__,
+        ", ".join(s.target for s in app.xds_servers),
+    )
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(app.failed.wait())
+    try:
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        failed.cancel()
+        await asyncio.gather(stopped, failed, return_exceptions=True)
+        await app.stop()
+    if app.failure is not None:
+        return EXIT_FAILED
+    log.info("stopped")
+    return EXIT_OK
+
+
+# -- bootstrap ---------------------------------------------------------------------
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from bridge.bootstrap import bootstrap_yaml
+
+    sys.stdout.write(
+        bootstrap_yaml(
+            xds=args.xds,
+            node_id=args.node_id,
+            listen_port=args.listen_port,
+            admin_port=args.admin_port,
+            delta=args.delta,
+        )
+    )
+    return EXIT_OK
+
+
+# -- resolve -----------------------------------------------------------------------
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from bridge.cli.show import other_diagnostics, render_json, render_table, rows
+    from bridge.pipeline import default_resolve
+
+    for sel in args.services:
+        ns, _, name = sel.partition("/")
+        if not ns or "/" in name:
+            raise UsageError(f"{sel!r}: expected NS/SVC or NS")
+    config = load_config(args.config)
+    spec = _source_spec(args, config)
+    store = Store()
+    if spec == "kubernetes":
+        asyncio.run(_load_kubernetes_once(store, config))
+    else:
+        path = spec.removeprefix("dir:")
+        DirSource(store, path).load()
+    world, changed = store.take()
+    resolved = default_resolve()(world, config.resolve_settings(), None, changed)
+    table = rows(resolved, args.services)
+    extra = other_diagnostics(resolved, world.source_diagnostics)
+    if args.output == "json":
+        sys.stdout.write(render_json(table, extra))
+    else:
+        sys.stdout.write(render_table(table, extra))
+    if args.services and not table:
+        print(f"meshbridge: no Service matches {' '.join(args.services)}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _load_kubernetes_once(store: Store, config: Config, timeout: float = 60.0) -> None:  # noqa: ASYNC109
+    source = _KubernetesSource(store, config)
+    task = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not (store.synced and store.sync_state()):
+                if task.done():
+                    task.result()
+                    raise MeshbridgeError("the kubernetes source stopped before its first list")
+                await store.wait()
+    except TimeoutError as exc:
+        waiting = [n for n, ok in store.sync_state().items() if not ok]
+        raise MeshbridgeError(
+            f"the cluster did not finish listing within {timeout:.0f}s (waiting for "
+            f"{', '.join(waiting) or 'the first list'})"
+        ) from exc
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
