@@ -232,10 +232,15 @@ class _Stream:
             if version is not None:
                 ts.rejected.add((name, version))
             old = sent.before.get(name)
-            if old is None:
-                ts.have.pop(name, None)
-            else:
+            if old is not None:
                 ts.have[name] = old
+            elif self.delta:
+                # The client may hold part of a refused response (Envoy keeps a refused
+                # listener's error state): "" = unknown version, so a later deletion
+                # is still announced and any new content is sent.
+                ts.have[name] = ""
+            else:
+                ts.have.pop(name, None)
             ts.forced.discard(name)
         if sent.view:
             ts.rejected_view = sent.view
