@@ -220,11 +220,8 @@ class _State:
     checks: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def copy(self) -> _State:
-        return _State(
-            nodes={k: json.loads(json.dumps(v)) for k, v in self.nodes.items()},
-            services={k: json.loads(json.dumps(v)) for k, v in self.services.items()},
-            checks={k: json.loads(json.dumps(v)) for k, v in self.checks.items()},
-        )
+        # Shallow: writes replace entries, never edit one in place.
+        return _State(dict(self.nodes), dict(self.services), dict(self.checks))
 
 
 class _TxnError(Exception):
@@ -259,6 +256,9 @@ class ConsulAgent:
         self.token_params: list[str] = []  # paths where a ?token= parameter was sent
         self.intentions: dict[tuple[str, str], str] = {}  # (source, destination) -> allow|deny
         self.intention_default_allow = True
+        # Every (node, service ID) ever removed, by any write: "not even briefly" checks.
+        self.removed: list[tuple[str, str]] = []
+        self.txn_delay = 0.0  # seconds each /v1/txn takes (to cut a sync in the middle)
         self.port = 0
         self._state = _State()
         self._index = 1
@@ -396,14 +396,15 @@ class ConsulAgent:
         return sid
 
     def set_check_status(self, node: str, service_id: str, status: str) -> None:
-        for (n, _), chk in self._state.checks.items():
-            if n == node and chk.get("ServiceID") == service_id:
-                chk["Status"] = status
+        for k, chk in list(self._state.checks.items()):
+            if k[0] == node and chk.get("ServiceID") == service_id:
+                self._state.checks[k] = {**chk, "Status": status}
         self._bump("catalog")
 
     def deregister(self, node: str, service_id: str | None = None) -> None:
-        self._delete(self._state, node, service_id)
-        self._bump("catalog")
+        new = self._state.copy()
+        self._delete(new, node, service_id)
+        self._commit(new)
 
     def services_on(self, node: str) -> dict[str, dict[str, Any]]:
         """What ``node`` holds, by service ID (copies)."""
@@ -803,20 +804,25 @@ class ConsulAgent:
                 self._set_check(new, one)
         except _TxnError as exc:
             return self._error(400, str(exc))
+        self._commit(new)
+        return self._json(True)
+
+    def _commit(self, new: _State) -> None:
+        self.removed.extend(sorted(set(self._state.services) - set(new.services)))
         self._state = new
         self._bump("catalog")
-        return self._json(True)
 
     async def _catalog_deregister(self, request: web.Request) -> web.Response:
         body = await self._read_json(request)
         node = body.get("Node")
         if not node:
             return self._error(400, "Must provide node")
+        new = self._state.copy()
         if body.get("CheckID"):
-            self._state.checks.pop((node, body["CheckID"]), None)
+            new.checks.pop((node, body["CheckID"]), None)
         else:
-            self._delete(self._state, node, body.get("ServiceID"))
-        self._bump("catalog")
+            self._delete(new, node, body.get("ServiceID"))
+        self._commit(new)
         return self._json(True)
 
     async def _txn(self, request: web.Request) -> web.Response:
@@ -828,6 +834,8 @@ class ConsulAgent:
                 413,
                 f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})",
             )
+        if self.txn_delay:
+            await asyncio.sleep(self.txn_delay)
         new = self._state.copy()
         errors = []
         results: list[dict[str, Any]] = []
@@ -845,9 +853,8 @@ class ConsulAgent:
             self._state.services,
             self._state.checks,
         )
-        self._state = new
         if changed:
-            self._bump("catalog")
+            self._commit(new)
         return self._json({"Results": results, "Errors": None}, self._table_index["catalog"])
 
     def _txn_op(self, state: _State, op: dict[str, Any]) -> list[dict[str, Any]]:
