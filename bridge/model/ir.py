@@ -179,3 +179,7 @@ class Resolved:
     services: Mapping[ObjectRef, ServiceResolution]
     ir: Ir
     diagnostics: tuple[Diagnostic, ...] = ()
+    # ``resolve``'s private state for the next incremental run (the World and
+    # settings this was made from, route claims). Opaque to everyone else;
+    # not part of equality.
+    basis: object = field(default=None, compare=False, repr=False)

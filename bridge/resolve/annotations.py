@@ -102,17 +102,18 @@ class RouteSpec:
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """What a Service's annotations ask for. No routes ⇒ not exposed."""
+    """What a Service's annotations ask for.
+
+    ``exposed`` says the Service asks to be exposed (``prefix`` or a non-empty
+    ``routes``), even when its routes were refused (then there are ERRORs).
+    """
 
     routes: tuple[RouteSpec, ...] = ()
     resolver: Resolver | None = None  # None ⇒ namespace's, else config's
     mesh: Mesh | None = None  # None ⇒ namespace's, else config's
     consul_service: str | None = None
     consul_datacenter: str | None = None
-
-    @property
-    def exposed(self) -> bool:
-        return bool(self.routes)
+    exposed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,7 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
     consul_dc = _consul_name(d, ann, CONSUL_DATACENTER_KEY)
 
     routes: list[RouteSpec] = []
+    exposed = False
     if ROUTES_KEY in ann:
         for key in (PREFIX_KEY, *_SINGLE_ROUTE_KEYS):
             if key in ann:
@@ -316,8 +318,9 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
                     Severity.WARNING,
                     IGNORED,
                 )
-        routes = _parse_routes(d, svc, ann[ROUTES_KEY])
+        exposed, routes = _parse_routes(d, svc, ann[ROUTES_KEY])
     elif PREFIX_KEY in ann:
+        exposed = True
         route = _parse_route(
             d,
             svc,
@@ -340,7 +343,7 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
                     Severity.WARNING,
                     IGNORED,
                 )
-    spec = ServiceSpec(tuple(routes), resolver, mesh, consul_service, consul_dc)
+    spec = ServiceSpec(tuple(routes), resolver, mesh, consul_service, consul_dc, exposed)
     return spec, tuple(d.items)
 
 
@@ -358,7 +361,8 @@ def _consul_name(d: _Diags, ann: Mapping[str, str], key: str) -> str | None:
     return value
 
 
-def _parse_routes(d: _Diags, svc: K8sService, text: str) -> list[RouteSpec]:
+def _parse_routes(d: _Diags, svc: K8sService, text: str) -> tuple[bool, list[RouteSpec]]:
+    """``(whether it asks to be exposed, the routes that passed)``."""
     base = annotation_field(ROUTES_KEY)
     try:
         doc = yaml.safe_load(text)
@@ -369,7 +373,7 @@ def _parse_routes(d: _Diags, svc: K8sService, text: str) -> list[RouteSpec]:
             f"is not valid YAML ({problem})",
             "write a YAML list of {prefix, host, port, rewrite, timeout} mappings",
         )
-        return []
+        return True, []
     if not isinstance(doc, list):
         d.add(
             base,
@@ -377,7 +381,7 @@ def _parse_routes(d: _Diags, svc: K8sService, text: str) -> list[RouteSpec]:
             "write a YAML list of {prefix, host, port, rewrite, timeout} mappings, "
             "e.g. '- prefix: /api'",
         )
-        return []
+        return True, []
     if not doc:
         d.add(
             base,
@@ -386,7 +390,7 @@ def _parse_routes(d: _Diags, svc: K8sService, text: str) -> list[RouteSpec]:
             Severity.WARNING,
             IGNORED,
         )
-        return []
+        return False, []
     routes: list[RouteSpec] = []
     seen: dict[tuple[str, str], int] = {}
     for i, entry in enumerate(doc):
@@ -444,7 +448,7 @@ def _parse_routes(d: _Diags, svc: K8sService, text: str) -> list[RouteSpec]:
             )
             continue
         routes.append(route)
-    return routes
+    return True, routes
 
 
 def _annotation_key_field(key: str) -> str:

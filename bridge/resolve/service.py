@@ -1,0 +1,346 @@
+"""One Service → its :class:`ServiceResolution`: the unit of incremental work.
+
+:func:`resolve_service` reads the Service's annotations (and its
+Namespace's defaults), picks the resolver and the mesh, and builds one
+:class:`Upstream` per Service port its routes use and one :class:`Route` per
+route it asks for. It knows nothing of other Services: conflicts between
+Services are settled when the IR is assembled (:mod:`bridge.resolve`).
+
+Any ERROR diagnostic leaves the Service out (no routes, no upstreams), so a
+bad annotation costs that Service alone. WARNINGs (unknown keys, a Consul
+service with no passing instance) keep it in.
+
+Pure and deterministic: the same World and settings give an equal result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bridge.model.consul import ConsulServiceKey
+from bridge.model.diagnostics import Diagnostic, Severity, annotation_field
+from bridge.model.ir import (
+    Discovery,
+    DnsTarget,
+    Endpoint,
+    Mesh,
+    Protocol,
+    Resolver,
+    Route,
+    ServiceResolution,
+    Upstream,
+    UpstreamKey,
+)
+from bridge.model.k8s import K8sNamespace, K8sPod, K8sService, ObjectRef, ServicePort
+from bridge.model.settings import ResolveSettings
+from bridge.model.world import World
+from bridge.resolve.annotations import (
+    MESH_KEY,
+    NO_DEFAULTS,
+    PORT_KEY,
+    RESOLVER_KEY,
+    NamespaceSpec,
+    ServiceSpec,
+    parse_namespace,
+    parse_service,
+)
+from bridge.resolve.mesh import choose_mesh, endpoint_pods
+from bridge.resolve.policy import MeshContext, mesh_policy
+
+CONSUL_SERVICE_NAME = "consul.hashicorp.com/service-name"
+CONSUL_MISSING = "consul.missing"
+CONSUL_NONE_PASSING = "consul.none-passing"
+NO_PORTS = "port.none"
+FQDN_SLICE = "endpoints.unsupported-address-type"
+
+_HTTP2_APP_PROTOCOLS = frozenset({"h2c", "grpc", "kubernetes.io/h2c"})
+_HTTP2_NAME_PREFIXES = ("grpc", "h2c", "http2")
+
+
+def protocol_of(port: ServicePort | None) -> Protocol:
+    """HTTP/2 for ``appProtocol`` h2c/grpc or a port named grpc*/h2c*/http2*."""
+    if port is None:
+        return Protocol.HTTP1
+    if port.app_protocol and port.app_protocol.lower() in _HTTP2_APP_PROTOCOLS:
+        return Protocol.HTTP2
+    if port.name.lower().startswith(_HTTP2_NAME_PREFIXES):
+        return Protocol.HTTP2
+    return Protocol.HTTP1
+
+
+def upstream_key(svc: K8sService, port: ServicePort | None) -> UpstreamKey:
+    """A Service port's key: its name, else its number (``""`` when it has no ports)."""
+    if port is None:
+        return UpstreamKey(svc.namespace, svc.name, "")
+    return UpstreamKey(svc.namespace, svc.name, port.name or str(port.port))
+
+
+def consul_key(
+    svc: K8sService, settings: ResolveSettings, service: str | None, dc: str | None, mesh: Mesh
+) -> ConsulServiceKey:
+    """The Consul service a Service with resolver ``consul`` reads."""
+    name = service or svc.annotations.get(CONSUL_SERVICE_NAME) or svc.name
+    return ConsulServiceKey(
+        datacenter=dc or settings.consul.datacenter,
+        service=name,
+        connect=mesh is Mesh.CONSUL,
+        namespace=settings.consul.namespace,
+        partition=settings.consul.partition,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    spec: NamespaceSpec
+    diagnostics: tuple[Diagnostic, ...]
+    bad_resolver: Diagnostic | None
+    bad_mesh: Diagnostic | None
+
+
+def _namespace_defaults(ns: K8sNamespace | None) -> _Defaults:
+    if ns is None:
+        return _Defaults(NO_DEFAULTS, (), None, None)
+    spec, diags = parse_namespace(ns)
+    bad_resolver = next((d for d in diags if d.field == annotation_field(RESOLVER_KEY)), None)
+    bad_mesh = next((d for d in diags if d.field == annotation_field(MESH_KEY)), None)
+    rest = tuple(d for d in diags if d is not bad_resolver and d is not bad_mesh)
+    return _Defaults(spec, rest, bad_resolver, bad_mesh)
+
+
+def resolve_service(world: World, settings: ResolveSettings, ref: ObjectRef) -> ServiceResolution:
+    """What one Service resolves to: resolver, mesh and why, routes, upstreams, problems."""
+    svc = world.services.get(ref)
+    if svc is None:
+        return ServiceResolution(ref=ref, exposed=False)
+    spec, own = parse_service(svc)
+    if not spec.exposed:
+        return ServiceResolution(ref=ref, exposed=False, diagnostics=_sorted(own))
+
+    diags = list(own)
+    defaults = _namespace_defaults(world.namespace(svc.namespace))
+    # Namespace warnings concern every exposed Service there; a bad namespace
+    # default only the Services that rely on it (they are left out rather
+    # than silently given the config's default).
+    diags.extend(defaults.diagnostics)
+    resolver: Resolver | None = spec.resolver or defaults.spec.resolver or settings.default_resolver
+    if spec.resolver is None and RESOLVER_KEY in svc.annotations:
+        resolver = None  # invalid: reported by parse_service
+    elif spec.resolver is None and defaults.bad_resolver is not None:
+        diags.append(defaults.bad_resolver)
+        resolver = None
+    choice = None
+    if spec.mesh is None and MESH_KEY in svc.annotations:
+        pass  # invalid: reported by parse_service
+    elif spec.mesh is None and defaults.bad_mesh is not None:
+        diags.append(defaults.bad_mesh)
+    else:
+        choice = choose_mesh(world, settings, svc, spec.mesh, defaults.spec.mesh)
+        diags.extend(choice.diagnostics)
+    mesh = choice.mesh if choice is not None else None
+    reason = choice.reason if choice is not None else ""
+
+    failed = _has_error(diags)
+    upstreams: dict[UpstreamKey, Upstream] = {}
+    routes: list[Route] = []
+    if not failed and mesh is not None and resolver is not None:
+        pods: tuple[K8sPod, ...] = ()
+        pods_read = False
+        for rs in spec.routes:
+            key = upstream_key(svc, rs.port)
+            if key not in upstreams:
+                if mesh is not Mesh.NONE and not pods_read:
+                    pods, pods_read = tuple(endpoint_pods(world, svc)), True
+                ckey = consul_key(svc, settings, spec.consul_service, spec.consul_datacenter, mesh)
+                ctx = MeshContext(
+                    world,
+                    settings,
+                    svc,
+                    rs.port,
+                    key,
+                    resolver,
+                    mesh,
+                    pods,
+                    protocol_of(rs.port),
+                    ckey,
+                )
+                policy = mesh_policy(ctx)
+                diags.extend(policy.diagnostics)
+                upstream = _upstream(
+                    world, settings, svc, spec, rs.port, key, resolver, mesh, diags
+                )
+                if upstream is None:
+                    continue
+                if policy.tls is not None:
+                    upstream = replace(upstream, tls=policy.tls)
+                upstreams[key] = upstream
+                headers = (policy.headers_to_add, policy.headers_to_remove)
+            else:
+                headers = _route_headers(routes, key)
+            routes.append(
+                Route(
+                    host=rs.host,
+                    prefix=rs.prefix,
+                    upstream=key,
+                    source=ref,
+                    rewrite=rs.rewrite,
+                    timeout_ms=rs.timeout_ms,
+                    headers_to_add=headers[0],
+                    headers_to_remove=headers[1],
+                )
+            )
+        failed = _has_error(diags)
+    if failed:
+        return ServiceResolution(
+            ref=ref,
+            exposed=True,
+            resolver=resolver,
+            mesh=mesh,
+            mesh_reason=reason,
+            diagnostics=_sorted(diags),
+        )
+    return ServiceResolution(
+        ref=ref,
+        exposed=True,
+        resolver=resolver,
+        mesh=mesh,
+        mesh_reason=reason,
+        routes=tuple(routes),
+        upstreams=tuple(upstreams[k] for k in sorted(upstreams)),
+        diagnostics=_sorted(diags),
+    )
+
+
+def _route_headers(
+    routes: list[Route], key: UpstreamKey
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    for r in routes:
+        if r.upstream == key:
+            return r.headers_to_add, r.headers_to_remove
+    return (), ()
+
+
+def _has_error(diags: list[Diagnostic]) -> bool:
+    return any(d.severity is Severity.ERROR for d in diags)
+
+
+def _sorted(diags: list[Diagnostic] | tuple[Diagnostic, ...]) -> tuple[Diagnostic, ...]:
+    if not diags:
+        return ()
+    return tuple(sorted(set(diags)))
+
+
+def _upstream(
+    world: World,
+    settings: ResolveSettings,
+    svc: K8sService,
+    spec: ServiceSpec,
+    port: ServicePort | None,
+    key: UpstreamKey,
+    resolver: Resolver,
+    mesh: Mesh,
+    diags: list[Diagnostic],
+) -> Upstream | None:
+    protocol = protocol_of(port)
+    if resolver is Resolver.CONSUL:
+        ckey = consul_key(svc, settings, spec.consul_service, spec.consul_datacenter, mesh)
+        return Upstream(
+            key=key,
+            discovery=Discovery.EDS,
+            endpoints=_consul_endpoints(world, svc, ckey, diags),
+            protocol=protocol,
+            mesh=mesh,
+        )
+    if port is None:
+        diags.append(
+            Diagnostic(
+                svc.ref,
+                "spec.ports",
+                f"the Service has no ports; resolver {resolver.value} needs one",
+                f"add a port to the Service (and name it in {PORT_KEY} if it has several)",
+                Severity.ERROR,
+                NO_PORTS,
+            )
+        )
+        return None
+    if resolver is Resolver.SERVICE:
+        # A headless Service's name resolves to the pods themselves, which
+        # listen on the target port, not the Service port.
+        number = port.port
+        if svc.cluster_ip == "None" and isinstance(port.target_port, int):
+            number = port.target_port
+        host = f"{svc.name}.{svc.namespace}.svc.{settings.cluster_domain}"
+        return Upstream(
+            key=key,
+            discovery=Discovery.STRICT_DNS,
+            dns=DnsTarget(host, number),
+            protocol=protocol,
+            mesh=mesh,
+        )
+    return Upstream(
+        key=key,
+        discovery=Discovery.EDS,
+        endpoints=_slice_endpoints(world, svc, port, diags),
+        protocol=protocol,
+        mesh=mesh,
+    )
+
+
+def _slice_endpoints(
+    world: World, svc: K8sService, port: ServicePort, diags: list[Diagnostic]
+) -> tuple[Endpoint, ...]:
+    """Ready, non-terminating endpoints on the slice port named like the Service port."""
+    out: set[Endpoint] = set()
+    for s in world.slices_of(svc.namespace, svc.name):
+        if s.address_type not in ("IPv4", "IPv6"):
+            diags.append(
+                Diagnostic(
+                    s.ref,
+                    "addressType",
+                    f"addressType {s.address_type} is not supported; its endpoints are skipped",
+                    "use IPv4 or IPv6 EndpointSlices",
+                    Severity.WARNING,
+                    FQDN_SLICE,
+                )
+            )
+            continue
+        number = next((p.port for p in s.ports if p.name == port.name), None)
+        if number is None:
+            continue
+        for e in s.endpoints:
+            if e.ready and not e.terminating:
+                # Addresses of one endpoint are fungible; the first is the one
+                # kube-proxy uses.
+                out.add(Endpoint(e.addresses[0], number, e.zone or ""))
+    return tuple(sorted(out))
+
+
+def _consul_endpoints(
+    world: World, svc: K8sService, key: ConsulServiceKey, diags: list[Diagnostic]
+) -> tuple[Endpoint, ...]:
+    cs = world.consul_services.get(key)
+    what = f"Consul service {key.service}{' (Connect)' if key.connect else ''} in {key.datacenter}"
+    if cs is None:
+        diags.append(
+            Diagnostic(
+                svc.ref,
+                annotation_field(RESOLVER_KEY),
+                f"{what} is not (yet) in the Consul catalog; no endpoints",
+                "register it in Consul, or check meshbridge.io/consul-service and "
+                "meshbridge.io/consul-datacenter",
+                Severity.WARNING,
+                CONSUL_MISSING,
+            )
+        )
+        return ()
+    if not cs.instances and cs.total:
+        diags.append(
+            Diagnostic(
+                svc.ref,
+                annotation_field(RESOLVER_KEY),
+                f"none of the {cs.total} instance(s) of {what} is passing its health checks",
+                "check the instances' health in Consul",
+                Severity.WARNING,
+                CONSUL_NONE_PASSING,
+            )
+        )
+    return tuple(sorted({Endpoint(i.address, i.port) for i in cs.instances}))
