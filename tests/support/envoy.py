@@ -99,8 +99,9 @@ class EnvoyProcess:
         text = self.admin_get("/stats?format=json") or "{}"
         out: dict[str, int] = {}
         for s in json.loads(text).get("stats", []):
-            if "value" in s:
-                out[s["name"]] = int(s["value"])
+            # Text readouts (e.g. a config hash) are strings: only counters and gauges here.
+            if isinstance(s.get("value"), int):
+                out[s["name"]] = s["value"]
         return out
 
     def config_dump(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""End-to-end: the gateway reaching each mesh's sidecar over that mesh's mTLS."""
