@@ -23,8 +23,9 @@ What they look like, and why:
   (``HeaderParser::evaluateHeaders``), so a header both removed and added
   ends up with exactly the configured value — the way to strip a
   client-supplied copy (``l5d-dst-override``) and set our own. Envoy treats
-  ``%`` in header values as a formatter command; IR values are literal, so
-  ``%`` is written as ``%%``. An empty value is kept (``keep_empty_value``)
+  ``%`` in header values as a formatter command (a stray one makes it reject
+  the whole route configuration); IR values are literal, so ``%`` is written
+  as ``%%``. An empty value is kept (``keep_empty_value``)
   rather than silently dropped. Envoy rejects removing ``host`` or
   ``:``-prefixed headers; resolve must not ask for that.
 """

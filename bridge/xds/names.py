@@ -31,6 +31,7 @@ This module must stay free of Envoy protos and I/O: it is string work only.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from bridge.model.ir import Listener, SecretName, UpstreamKey
@@ -47,6 +48,7 @@ def _escape_char(match: re.Match[str]) -> str:
     return "".join(f"%{b:02X}" for b in match.group(0).encode())
 
 
+@functools.lru_cache(maxsize=1 << 16)  # names repeat across builds; bounded for churn
 def escape(component: str) -> str:
     """One name component with every byte outside ``[A-Za-z0-9_-]`` as ``%XX``."""
     if _SAFE.fullmatch(component):

@@ -32,9 +32,13 @@ This module decides *when* to build; :mod:`bridge.xds.clusters`,
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from operator import itemgetter
+from types import MappingProxyType
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -63,6 +67,10 @@ from bridge.xds.secrets import build_secret
 
 __all__ = ["Translation", "translate"]
 
+_M = TypeVar("_M", bound=Mapping[str, Message])
+
+_EMPTY: MappingProxyType[str, Message] = MappingProxyType({})
+
 
 @dataclass(frozen=True, slots=True)
 class _UpstreamMemo:
@@ -70,6 +78,24 @@ class _UpstreamMemo:
     name: str
     cluster: Message
     load_assignment: Message | None  # EDS only
+
+
+@dataclass(frozen=True, slots=True)
+class _UpstreamTable:
+    """Upstream memos in IR order, and the CDS/EDS mappings made from them.
+
+    Kept as aligned tuples so an unchanged key order is found with C-speed
+    identity comparisons, not a Python loop hashing 10k keys.
+    """
+
+    source: Mapping[UpstreamKey, Upstream]  # the IR mapping this was made from
+    keys: tuple[UpstreamKey, ...]
+    upstreams: tuple[Upstream, ...]
+    memos: tuple[_UpstreamMemo, ...]
+    # Read-only views handed out in Resources; the dicts behind them are never
+    # changed after the table is made (a change copies them: dict.copy is C-fast).
+    clusters: MappingProxyType[str, Message]
+    assignments: MappingProxyType[str, Message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +130,14 @@ class _SecretMemo:
 @dataclass(frozen=True, slots=True)
 class _Memo:
     ir: Ir
-    upstreams: Mapping[UpstreamKey, _UpstreamMemo]
+    upstreams: _UpstreamTable
     vhosts: Mapping[str, _VirtualHostMemo]
     listeners: Mapping[str, _ListenerMemo]  # by IR listener name
     route_configs: Mapping[str, _RouteConfigMemo]  # by IR listener name
     secrets: Mapping[SecretName, _SecretMemo]
 
 
-_EMPTY_MEMO = _Memo(Ir(), {}, {}, {}, {}, {})
+_EMPTY_MEMO = _Memo(Ir(), _UpstreamTable(FrozenDict(), (), (), (), _EMPTY, _EMPTY), {}, {}, {}, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +159,7 @@ def translate(ir: Ir, previous: Translation | None = None) -> Translation:
     prev = previous._memo if previous is not None else _EMPTY_MEMO
     prev_resources = previous.resources if previous is not None else Resources()
 
-    upstreams = _translate_upstreams(ir, prev)
+    upstreams = _translate_upstreams(ir.upstreams, prev.upstreams)
     secrets = _translate_secrets(ir, prev)
     vhosts = _translate_vhosts(ir, prev)
     listeners, route_configs = _translate_listeners(ir, prev, vhosts)
@@ -147,18 +173,8 @@ def translate(ir: Ir, previous: Translation | None = None) -> Translation:
             ((m.name, m.message) for m in route_configs.values()),
             prev_resources.of(ROUTE),
         ),
-        CLUSTER: _mapping(
-            ((m.name, m.cluster) for m in upstreams.values()),
-            prev_resources.of(CLUSTER),
-        ),
-        ENDPOINT: _mapping(
-            (
-                (m.name, m.load_assignment)
-                for m in upstreams.values()
-                if m.load_assignment is not None
-            ),
-            prev_resources.of(ENDPOINT),
-        ),
+        CLUSTER: upstreams.clusters,
+        ENDPOINT: upstreams.assignments,
         SECRET: _mapping(
             ((m.name, m.message) for m in secrets.values()),
             prev_resources.of(SECRET),
@@ -168,27 +184,72 @@ def translate(ir: Ir, previous: Translation | None = None) -> Translation:
     return Translation(Resources(FrozenDict(by_type)), memo)
 
 
-def _translate_upstreams(ir: Ir, prev: _Memo) -> Mapping[UpstreamKey, _UpstreamMemo]:
-    if ir.upstreams is prev.ir.upstreams:
-        return prev.upstreams
-    out: dict[UpstreamKey, _UpstreamMemo] = {}
-    old_memos = prev.upstreams
-    for key, upstream in ir.upstreams.items():
+def _translate_upstreams(
+    source: Mapping[UpstreamKey, Upstream], prev: _UpstreamTable
+) -> _UpstreamTable:
+    if source is prev.source:
+        return prev
+    keys = tuple(source.keys())
+    if keys != prev.keys:  # an upstream added, removed or reordered
+        return _rebuild_upstreams(source, keys, prev)
+    values = tuple(source.values())
+    changed = list(compress(range(len(values)), map(operator.is_not, values, prev.upstreams)))
+    if not changed:
+        return _UpstreamTable(source, keys, values, prev.memos, prev.clusters, prev.assignments)
+    memos = list(prev.memos)
+    clusters: dict[str, Message] | None = None
+    assignments: dict[str, Message] | None = None
+    resort = False
+    for i in changed:
+        old = prev.memos[i]
+        new = memos[i] = _translate_upstream(values[i], old)
+        if new.cluster is not old.cluster:
+            if clusters is None:
+                clusters = prev.clusters.copy()
+            clusters[new.name] = new.cluster
+        if new.load_assignment is not old.load_assignment:
+            if assignments is None:
+                assignments = prev.assignments.copy()
+            if new.load_assignment is None:
+                del assignments[new.name]
+            else:
+                resort = resort or new.name not in assignments
+                assignments[new.name] = new.load_assignment
+    if assignments is not None and resort:
+        assignments = dict(sorted(assignments.items(), key=itemgetter(0)))
+    return _UpstreamTable(
+        source,
+        keys,
+        values,
+        tuple(memos),
+        MappingProxyType(clusters) if clusters is not None else prev.clusters,
+        MappingProxyType(assignments) if assignments is not None else prev.assignments,
+    )
+
+
+def _rebuild_upstreams(
+    source: Mapping[UpstreamKey, Upstream], keys: tuple[UpstreamKey, ...], prev: _UpstreamTable
+) -> _UpstreamTable:
+    old_memos = dict(zip(prev.keys, prev.memos, strict=True))
+    memos: list[_UpstreamMemo] = []
+    for key, upstream in source.items():
         old = old_memos.get(key)
-        if old is not None and old.upstream is upstream:
-            out[key] = old
-            continue
-        out[key] = _translate_upstream(upstream, old)
-    return out
+        if old is None or old.upstream is not upstream:
+            old = _translate_upstream(upstream, old)
+        memos.append(old)
+    clusters = _mapping(((m.name, m.cluster) for m in memos), prev.clusters)
+    assignments = _mapping(((m.name, m.load_assignment) for m in memos), prev.assignments)
+    return _UpstreamTable(source, keys, tuple(source.values()), tuple(memos), clusters, assignments)
 
 
 def _translate_upstream(upstream: Upstream, old: _UpstreamMemo | None) -> _UpstreamMemo:
     if old is None or old.upstream.key != upstream.key:
+        name = names.cluster_name(upstream.key)
         return _UpstreamMemo(
             upstream,
-            names.cluster_name(upstream.key),
-            build_cluster(upstream),
-            build_load_assignment(upstream) if upstream.discovery is Discovery.EDS else None,
+            name,
+            build_cluster(upstream, name),
+            build_load_assignment(upstream, name) if upstream.discovery is Discovery.EDS else None,
         )
     before = old.upstream
     cluster = old.cluster if _cluster_fields(before) == _cluster_fields(upstream) else None
@@ -197,11 +258,11 @@ def _translate_upstream(upstream: Upstream, old: _UpstreamMemo | None) -> _Upstr
     elif old.load_assignment is not None and before.endpoints == upstream.endpoints:
         load_assignment = old.load_assignment
     else:
-        load_assignment = build_load_assignment(upstream)
+        load_assignment = build_load_assignment(upstream, old.name)
     return _UpstreamMemo(
         upstream,
         old.name,
-        cluster if cluster is not None else build_cluster(upstream),
+        cluster if cluster is not None else build_cluster(upstream, old.name),
         load_assignment,
     )
 
@@ -282,8 +343,8 @@ def _same_objects(a: tuple[Message, ...], b: tuple[Message, ...]) -> bool:
 
 
 def _mapping(
-    items: Iterable[tuple[str, Message | None]], previous: Mapping[str, Message]
-) -> Mapping[str, Message]:
+    items: Iterable[tuple[str, Message | None]], previous: _M
+) -> _M | MappingProxyType[str, Message]:
     """The name → message mapping of one type, sorted by name.
 
     Returns ``previous`` itself when it holds exactly these messages, so an
@@ -293,4 +354,4 @@ def _mapping(
     if len(pairs) == len(previous) and all(previous.get(n) is m for n, m in pairs):
         return previous
     pairs.sort(key=itemgetter(0))
-    return FrozenDict(dict(pairs))
+    return MappingProxyType(dict(pairs))
