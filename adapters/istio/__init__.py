@@ -1,0 +1,1 @@
+"""Istio: the gateway's workload identity from istiod's CA (CreateCertificate over TLS)."""

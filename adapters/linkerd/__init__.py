@@ -1,0 +1,1 @@
+"""Linkerd2: the gateway's workload identity from the Linkerd identity service (Certify)."""
