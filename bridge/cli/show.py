@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.model.diagnostics import Diagnostic
+from bridge.model.diagnostics import Diagnostic, Severity
 from bridge.model.ir import (
     Discovery,
     IdentitySecret,
@@ -44,10 +44,16 @@ class Row:
     identity: tuple[str, ...]  # "name (expires ...)"
     diagnostics: tuple[Diagnostic, ...]
 
+    @property
+    def left_out(self) -> bool:
+        """Asked to be routed but has no route because of an error."""
+        return not self.routes and any(d.severity is Severity.ERROR for d in self.diagnostics)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "service": self.service,
             "exposed": self.exposed,
+            "left_out": self.left_out,
             "routes": list(self.routes),
             "resolver": self.resolver,
             "mesh": self.mesh,
@@ -180,7 +186,7 @@ def render_table(table_rows: Sequence[Row], extra: Sequence[Diagnostic]) -> str:
         cells.append(
             (
                 r.service,
-                _cell(r.routes) if r.exposed else "(not exposed)",
+                _routes_cell(r),
                 r.resolver or "-",
                 mesh,
                 _endpoints_cell(r),
@@ -201,8 +207,14 @@ def render_table(table_rows: Sequence[Row], extra: Sequence[Diagnostic]) -> str:
     if extra:
         lines.append("")
         lines.append("Other problems:")
-        lines.extend(f"    {d.severity.value}: {d}" for d in extra)
+        lines.extend(f"    {d.severity.value}: {d.ref}: {_diag_text(d)}" for d in extra)
     return "\n".join(lines) + "\n"
+
+
+def _routes_cell(r: Row) -> str:
+    if r.routes:
+        return _cell(r.routes)
+    return "(left out: see below)" if r.left_out else "(no routes)"
 
 
 def _diag_text(d: Diagnostic) -> str:

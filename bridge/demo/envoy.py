@@ -2,12 +2,15 @@
 
 Envoy runs in its own process group so a Ctrl-C in the terminal reaches the
 demo, which then stops Envoy itself; :meth:`DemoEnvoy.stop` always kills the
-whole group. Its log goes to a file in the demo's temporary directory and
-is shown when Envoy fails.
+whole group. Starting is split into :meth:`DemoEnvoy.launch` (synchronous,
+so a Ctrl-C can never leave a process the demo does not know about) and the
+asynchronous :meth:`DemoEnvoy.wait_ready`. Its log goes to a file in the
+demo's temporary directory and is shown when Envoy fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -44,7 +47,8 @@ class DemoEnvoy:
         self.log_path = workdir / f"envoy-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def launch(self) -> None:
+        """Start the process (returns at once; see :meth:`wait_ready`)."""
         self.proc = subprocess.Popen(
             [
                 envoy_binary(),
@@ -62,13 +66,17 @@ class DemoEnvoy:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait until Envoy's admin answers /ready; raise with its log if it dies or hangs."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while self.admin_get("/ready") is None:
+        while await asyncio.to_thread(self.admin_get, "/ready") is None:
             if self.proc.poll() is not None:
                 raise MeshbridgeError(f"envoy ({self.name}) exited:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise MeshbridgeError(f"envoy ({self.name}) did not start:\n{self.log_tail()}")
-            time.sleep(0.05)  # polling a starting process's admin port
+            await asyncio.sleep(0.05)  # polling a starting process's admin port
 
     def admin_get(self, path: str) -> str | None:
         try:

@@ -30,6 +30,7 @@ from bridge.demo import world_files
 from bridge.demo.backends import NameServer
 from bridge.demo.envoy import DemoEnvoy, envoy_binary
 from bridge.errors import MeshbridgeError
+from bridge.model.diagnostics import Severity
 from bridge.model.ir import Resolved, Route
 from bridge.model.k8s import Kind
 from bridge.sources.dir import DirSource
@@ -184,7 +185,7 @@ def render(results: list[RouteResult], left_out: list[str], out: TextIO) -> None
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
     if left_out:
-        print("\nLeft out by a diagnostic (everything else keeps working):", file=out)
+        print("\nLeft out because of a diagnostic (everything else keeps working):", file=out)
         for line in left_out:
             print(f"  {line}", file=out)
 
@@ -224,7 +225,8 @@ async def run(out: TextIO = sys.stdout) -> int:
             admin_port=admin_port,
             workdir=workdir,
         )
-        await asyncio.to_thread(envoy.start)
+        envoy.launch()
+        await envoy.wait_ready()
         resolved = app.pipeline.resolved
         assert resolved is not None
         deadline = time.monotonic() + ROUTE_DEADLINE
@@ -242,8 +244,9 @@ async def run(out: TextIO = sys.stdout) -> int:
         left_out = [
             f"{res.ref.namespace}/{res.ref.name}: {d.field}: {d.message}"
             for res in sorted(resolved.services.values(), key=lambda r: r.ref)
-            if res.ref.kind is Kind.SERVICE and not res.exposed
+            if res.ref.kind is Kind.SERVICE
             for d in res.diagnostics
+            if d.severity is Severity.ERROR
         ]
         render(results, left_out, out)
         if not results:
