@@ -22,8 +22,9 @@ cache can reuse serialized bytes and versions by identity. Concretely:
   mapping is the previous mapping object.
 
 A :class:`Translation` holds IR objects and messages; it never mutates, so an
-older Translation stays valid. Its repr shows counts only: Secret messages hold
-private keys in their text form.
+older Translation stays valid. Its repr shows counts only, and the SDS mapping
+(:class:`RedactedSecrets`) shows names only: Secret messages hold private keys
+in their text form. Mappings are read-only views, sorted by name.
 
 This module decides *when* to build; :mod:`bridge.xds.clusters`,
 :mod:`bridge.xds.listeners` and :mod:`bridge.xds.secrets` decide *what*;
@@ -33,7 +34,7 @@ This module decides *when* to build; :mod:`bridge.xds.clusters`,
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter
@@ -65,11 +66,36 @@ from bridge.xds.listeners import (
 from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
 from bridge.xds.secrets import build_secret
 
-__all__ = ["Translation", "translate"]
+__all__ = ["RedactedSecrets", "Translation", "translate"]
 
 _M = TypeVar("_M", bound=Mapping[str, Message])
 
 _EMPTY: MappingProxyType[str, Message] = MappingProxyType({})
+
+
+class RedactedSecrets(Mapping[str, Message]):
+    """The SDS mapping: a read-only name → Secret map whose repr names secrets only.
+
+    A Secret message's own repr prints its private key; this keeps an
+    accidental ``{resources!r}`` in a log line from doing the same.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Message]) -> None:
+        self._data = data
+
+    def __getitem__(self, name: str) -> Message:
+        return self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"RedactedSecrets({sorted(self._data)!r}, contents=[redacted])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +201,7 @@ def translate(ir: Ir, previous: Translation | None = None) -> Translation:
         ),
         CLUSTER: upstreams.clusters,
         ENDPOINT: upstreams.assignments,
-        SECRET: _mapping(
+        SECRET: _secret_mapping(
             ((m.name, m.message) for m in secrets.values()),
             prev_resources.of(SECRET),
         ),
@@ -340,6 +366,13 @@ def _translate_listeners(
 
 def _same_objects(a: tuple[Message, ...], b: tuple[Message, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _secret_mapping(
+    items: Iterable[tuple[str, Message]], previous: Mapping[str, Message]
+) -> Mapping[str, Message]:
+    mapping = _mapping(items, previous)
+    return mapping if isinstance(mapping, RedactedSecrets) else RedactedSecrets(dict(mapping))
 
 
 def _mapping(

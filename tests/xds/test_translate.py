@@ -219,3 +219,12 @@ def test_messages_are_protobuf_messages() -> None:
         for message in translation.resources.of(type_url).values():
             assert isinstance(message, Message)
             assert type_url.endswith(message.DESCRIPTOR.full_name)
+
+
+def test_resources_repr_never_shows_key_material() -> None:
+    body = (PKI / "gateway-key.pem").read_text().splitlines()[1]
+    resources = translate(rich_ir()).resources
+    text = repr(resources) + str(resources.of(SECRET)) + f"{resources.by_type}"
+    assert body not in text
+    assert "PRIVATE KEY" not in text
+    assert "istio-identity" in repr(resources.of(SECRET))
