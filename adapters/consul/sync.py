@@ -705,10 +705,18 @@ class ToConsulSyncer:
                 self._idle.clear()
                 self._dirty.set()
 
+        async def on_reply_after_sync(reply: Reply) -> None:
+            on_reply(reply)
+            # While we write, every transaction would wake this query and each answer
+            # lists the whole node: wait until our writes are done, then look once.
+            await self._idle.wait()
+
         def on_error(exc: Exception) -> None:
             log.debug("catalog sync drift watch: %s", exc)
 
-        await run_blocking(self.client, path, self.client.scope_params(), on_reply, on_error)
+        await run_blocking(
+            self.client, path, self.client.scope_params(), on_reply_after_sync, on_error
+        )
 
 
 # -- Consul → Kubernetes --------------------------------------------------------------------
