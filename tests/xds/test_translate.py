@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from google.protobuf.message import Message
 
 from bridge.model.frozen import FrozenDict
 from bridge.model.ir import (
+    Discovery,
+    DnsTarget,
     Endpoint,
     IdentitySecret,
     Ir,
@@ -228,3 +231,32 @@ def test_resources_repr_never_shows_key_material() -> None:
     assert body not in text
     assert "PRIVATE KEY" not in text
     assert "istio-identity" in repr(resources.of(SECRET))
+
+
+def test_discovery_flip_moves_the_upstream_in_and_out_of_eds() -> None:
+    ir = rich_ir()
+    first = translate(ir)
+    web = ir.upstreams[key("default", "web")]
+    name = names.cluster_name(web.key)
+    as_dns = dataclasses.replace(web, discovery=Discovery.STRICT_DNS, dns=DnsTarget("web", 80))
+    second = translate(with_upstream(ir, as_dns), first)
+    assert name not in second.resources.of(ENDPOINT)
+    assert second.resources.of(CLUSTER)[name].type == cluster_v3.Cluster.STRICT_DNS  # type: ignore[attr-defined]
+    third = translate(ir, second)
+    assert name in third.resources.of(ENDPOINT)
+    assert list(third.resources.of(ENDPOINT)) == sorted(third.resources.of(ENDPOINT))
+    assert translate(ir).resources.of(ENDPOINT).keys() == third.resources.of(ENDPOINT).keys()
+
+
+def test_reordered_upstreams_reuse_messages_and_stay_sorted() -> None:
+    ir = rich_ir()
+    first = translate(ir)
+    reordered = dataclasses.replace(
+        ir, upstreams=FrozenDict(dict(reversed(list(ir.upstreams.items()))))
+    )
+    second = translate(reordered, first)
+    for type_url in (CLUSTER, ENDPOINT):
+        assert list(second.resources.of(type_url)) == list(first.resources.of(type_url))
+        assert identical(first.resources, second.resources, type_url) == set(
+            first.resources.of(type_url)
+        )
