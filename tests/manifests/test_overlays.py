@@ -271,3 +271,20 @@ def test_consul_token_intentions_and_catalog_sync() -> None:
         {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "update", "delete"]}
     ]
     assert ns in config.catalog_sync.to_consul.deny_namespaces
+
+
+DEMOS = ("demo/istio", "demo/linkerd", "demo/consul")
+
+
+@pytest.mark.parametrize("target", DEMOS)
+def test_demo_builds_validates_and_its_annotations_parse(target: str) -> None:
+    from bridge.resolve.annotations import parse_service
+    from bridge.sources.convert import parse_object
+
+    docs = build(target)
+    for doc in docs:
+        validate(doc, KUBERNETES_VERSION, strict=True)
+    svc = parse_object(find(docs, "Service", "demo"), target)
+    spec, diagnostics = parse_service(svc)  # type: ignore[arg-type]
+    assert diagnostics == ()
+    assert spec.routes
