@@ -37,6 +37,7 @@ import ipaddress
 import itertools
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,6 +59,7 @@ DELTA_METHOD = "DeltaAggregatedResources"
 # What a type's change forces to be re-sent so the client's warming finishes.
 _WARMS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 _WILDCARD = "*"
+_MAX_INFLIGHT = 64
 
 
 class XdsObserver(Protocol):
@@ -123,6 +125,7 @@ def private_transport(peer: str, mtls: bool) -> bool:
     """Whether a connection may carry secrets: mTLS, a Unix socket, or loopback TCP."""
     if mtls or peer.startswith("unix:"):
         return True
+    peer = urllib.parse.unquote(peer)  # gRPC may write "ipv6:%5B::1%5D:port"
     host = peer.split(":", 1)[1] if ":" in peer else peer
     host = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
     try:
@@ -222,6 +225,13 @@ class _Stream:
         sent = ts.inflight.pop(nonce, None)
         if sent is None:
             return
+        # Replies come in order: anything sent before this one was already answered
+        # (or never will be, by a client that skipped it). Forget it.
+        while ts.inflight:
+            oldest = next(iter(ts.inflight))
+            if int(oldest) > int(nonce):
+                break
+            del ts.inflight[oldest]
         if error is None:
             ts.acked_version = sent.version
             self.server.observer.on_ack(self.node_id, ts.type_url, sent.version)
@@ -257,7 +267,10 @@ class _Stream:
                 return  # stale: the client has not seen our latest response yet
         if error is None and req.version_info:
             ts.acked_version = req.version_info
-        names = set(req.resource_names)
+        raw = req.resource_names
+        if ts.requested and raw and len(raw) == len(ts.names) and ts.names.issuperset(raw):
+            return  # the usual ACK: the same names again (Envoy repeats all 10k EDS names)
+        names = set(raw)
         full = req.type_url in FULL_STATE_TYPES
         # A full-state type asked for with no names (before any named request), or
         # with "*", is a wildcard subscription.
@@ -364,6 +377,8 @@ class _Stream:
 
     def _finish(self, ts: _TypeState, sent: _Sent, payload: bytes, count: int) -> bytes:
         ts.inflight[ts.last_nonce] = sent
+        if len(ts.inflight) > _MAX_INFLIGHT:  # a client that never answers
+            del ts.inflight[next(iter(ts.inflight))]
         self.responses += 1
         self.bytes_sent += len(payload)
         self.server.observer.on_response(self.node_id, ts.type_url, count, len(payload))

@@ -172,8 +172,7 @@ class Snapshot:
     @classmethod
     def from_resources(cls, resources: Resources, previous: Snapshot | None = None) -> Snapshot:
         prev_types: Mapping[str, TypeSnapshot] = previous.types if previous else {}
-        ref_counts: dict[Ref, int] = dict(previous.ref_counts) if previous else {}
-        candidates: set[Ref] = set()  # refs whose dangling status may have changed
+        refs = _RefCounts(previous.ref_counts if previous else {})
         types: dict[str, TypeSnapshot] = {}
         changed: dict[str, frozenset[str]] = {}
         for type_url in sorted(set(resources.by_type) | set(prev_types)):
@@ -183,16 +182,17 @@ class Snapshot:
                 types[type_url] = prev
                 continue
             prev_entries = prev.entries if prev is not None else _EMPTY_TYPE
-            entries = dict(prev_entries)
             mix = prev.mix if prev is not None else 0
-            kept = 0
+            # The hot loop of a small change: find the names whose message object is
+            # not the previous one, in one comprehension over the mapping.
+            get = prev_entries.get
+            dirty = [
+                (n, m, e) for n, m in _items(source) if (e := get(n)) is None or e.message is not m
+            ]
+            entries = dict(prev_entries) if prev_entries else {}
             names: list[str] = []
-            for name, message in source.items():
-                old = prev_entries.get(name)
-                if old is not None:
-                    kept += 1
-                    if old.message is message:
-                        continue
+            added = 0
+            for name, message, old in dirty:
                 new = make_entry(type_url, name, message)
                 if old is not None and old.version == new.version:
                     entries[name] = new  # same content, new object: remember the new object
@@ -200,34 +200,35 @@ class Snapshot:
                 names.append(name)
                 if old is not None:
                     mix ^= old.mix
-                    _count(ref_counts, old.refs, -1, candidates)
+                    refs.add(old.refs, -1)
                 else:
-                    candidates.add((type_url, name))
+                    added += 1
+                    refs.candidates.add((type_url, name))
                 mix ^= new.mix
-                _count(ref_counts, new.refs, +1, candidates)
+                refs.add(new.refs, +1)
                 entries[name] = new
-            if kept < len(prev_entries):  # some names were removed: find them
+            if len(prev_entries) + added > len(source):  # some names were removed: find them
                 for name, old in prev_entries.items():
                     if name not in source:
                         names.append(name)
                         del entries[name]
                         mix ^= old.mix
-                        _count(ref_counts, old.refs, -1, candidates)
-                        candidates.add((type_url, name))
+                        refs.add(old.refs, -1)
+                        refs.candidates.add((type_url, name))
             if names:
                 changed[type_url] = frozenset(names)
             if entries or type_url in resources.by_type:
                 types[type_url] = TypeSnapshot(type_url, entries, source, mix)
         dangling = set(previous.dangling) if previous else set()
-        for ref in candidates:
+        for ref in refs.candidates:
             t, n = ref
-            if ref_counts.get(ref, 0) > 0 and n not in types.get(t, _NO_TYPE).entries:
+            if refs.counts.get(ref, 0) > 0 and n not in types.get(t, _NO_TYPE).entries:
                 dangling.add(ref)
             else:
                 dangling.discard(ref)
         return cls(
             types=types,
-            ref_counts=ref_counts,
+            ref_counts=refs.counts,
             dangling=frozenset(dangling),
             base_serial=previous.serial if previous is not None else None,
             changed=changed,
@@ -260,14 +261,39 @@ class Snapshot:
 _NO_TYPE = TypeSnapshot("", _EMPTY_TYPE, {}, 0)
 
 
-def _count(counts: dict[Ref, int], refs: tuple[Ref, ...], delta: int, changed: set[Ref]) -> None:
-    for ref in refs:
-        n = counts.get(ref, 0) + delta
-        if n:
-            counts[ref] = n
-        else:
-            counts.pop(ref, None)
-        changed.add(ref)
+class _RefCounts:
+    """How many resources reference each name; copied on the first write only."""
+
+    __slots__ = ("_own", "candidates", "counts")
+
+    def __init__(self, counts: Mapping[Ref, int]) -> None:
+        self.counts: Mapping[Ref, int] = counts
+        self._own = False
+        self.candidates: set[Ref] = set()  # refs whose dangling status may have changed
+
+    def add(self, refs: tuple[Ref, ...], delta: int) -> None:
+        if not refs:
+            return
+        if not self._own:
+            self.counts = dict(self.counts)
+            self._own = True
+        counts = self.counts
+        assert isinstance(counts, dict)
+        for ref in refs:
+            n = counts.get(ref, 0) + delta
+            if n:
+                counts[ref] = n
+            else:
+                counts.pop(ref, None)
+            self.candidates.add(ref)
+
+
+def _items(source: Mapping[str, Message]) -> Iterable[tuple[str, Message]]:
+    """``source.items()``, at dict speed for the mappings translation hands over."""
+    data = getattr(source, "_data", None)  # FrozenDict keeps a plain dict
+    if isinstance(data, dict):
+        return data.items()
+    return source.items()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +349,7 @@ class SnapshotCache:
         return self._groups.get(node_id, self._default_group)
 
     def assign(self, node_id: str, group: str) -> None:
-        """Put ``node_id`` in ``group`` (its streams see it on their next change)."""
+        """Put ``node_id`` in ``group``; streams opened from then on are served that group."""
         self._groups[node_id] = group
 
     def set_snapshot(self, group: str, snapshot: Snapshot) -> None:

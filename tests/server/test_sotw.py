@@ -279,6 +279,7 @@ async def test_status_shows_each_connected_node(harness: Harness) -> None:
     [
         pytest.param("ipv4:127.0.0.1:5555", False, True, id="loopback-v4"),
         pytest.param("ipv6:[::1]:5555", False, True, id="loopback-v6"),
+        pytest.param("ipv6:%5B::1%5D:5555", False, True, id="loopback-v6-escaped"),
         pytest.param("unix:/run/meshbridge/xds.sock", False, True, id="unix"),
         pytest.param("ipv4:10.1.2.3:5555", False, False, id="remote"),
         pytest.param("ipv4:10.1.2.3:5555", True, True, id="remote-mtls"),
