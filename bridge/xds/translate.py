@@ -33,6 +33,7 @@ This module decides *when* to build; :mod:`bridge.xds.clusters`,
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -293,9 +294,13 @@ def _translate_upstream(upstream: Upstream, old: _UpstreamMemo | None) -> _Upstr
     )
 
 
-def _cluster_fields(u: Upstream) -> tuple[object, ...]:
-    """Everything a Cluster message is made from (not the EDS endpoints, not the mesh)."""
-    return (u.discovery, u.dns, u.tls, u.protocol, u.connect_timeout_ms)
+def _cluster_fields(u: Upstream) -> Upstream:
+    """The upstream without its EDS endpoints: all a Cluster message is made from.
+
+    The whole value minus one field (not a hand-picked list), so a field added
+    to Upstream later can only cause a rebuild, never a stale cluster.
+    """
+    return dataclasses.replace(u, endpoints=()) if u.endpoints else u
 
 
 def _translate_secrets(ir: Ir, prev: _Memo) -> Mapping[SecretName, _SecretMemo]:
