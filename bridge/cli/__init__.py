@@ -243,22 +243,28 @@ def _resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _load_kubernetes_once(store: Store, config: Config, timeout: float = 60.0) -> None:  # noqa: ASYNC109
-    source = _KubernetesSource(store, config)
-    task = asyncio.create_task(source.run())
+async def _load_kubernetes_once(store: Store, config: Config, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """List the cluster once (every watched kind and scope), then stop watching."""
+    try:
+        from adapters.kubernetes.source import KubernetesSource, KubernetesSourceSettings
+    except ImportError as exc:
+        raise UsageError(
+            "kubernetes source not available in this build; use --source dir:PATH"
+        ) from exc
+    source = KubernetesSource(store, KubernetesSourceSettings.from_config(config))
+    await source.start()  # raises SourceError when no cluster config is found
     try:
         async with asyncio.timeout(timeout):
-            while not (store.synced and store.sync_state()):
-                if task.done():
-                    task.result()
-                    raise MeshbridgeError("the kubernetes source stopped before its first list")
-                await store.wait()
+            await source.wait_synced()
     except TimeoutError as exc:
-        waiting = [n for n, ok in store.sync_state().items() if not ok]
+        problems = sorted(
+            f"{name}: {st['last_error']}"
+            for name, st in source.status().items()
+            if not st["synced"] and st["last_error"]
+        )
+        detail = "; ".join(problems) or "no answer from the API server"
         raise MeshbridgeError(
-            f"the cluster did not finish listing within {timeout:.0f}s (waiting for "
-            f"{', '.join(waiting) or 'the first list'})"
+            f"the cluster did not finish listing within {timeout:.0f}s ({detail})"
         ) from exc
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await source.stop()
