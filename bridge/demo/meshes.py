@@ -23,6 +23,8 @@ Every sidecar answers (directly, or from a plaintext backend behind it) with
 response headers naming the peer it verified: ``x-mesh-peer`` (the client's
 URI SAN, or DNS SAN for Linkerd) and ``x-mesh-peer-serial``, plus
 ``x-mesh-sidecar`` (its name). Stats use the prefix ``sidecar_<name>``.
+``max_requests_per_connection`` makes a sidecar close connections after that
+many requests, so clients handshake anew and certificate rotations show.
 
 :class:`DemoMeshCa` plays a mesh's CA: it issues the gateway's identities
 and the workloads' certificates, and writes an istio-agent style
@@ -122,6 +124,7 @@ def istio_sidecar(
     trust: TrustSource,
     backend: Backend | None = None,
     address: str = "127.0.0.1",
+    max_requests_per_connection: int = 0,
 ) -> dict[str, Any]:
     """An Istio-style inbound sidecar: mTLS 1.2-1.3, Istio ALPN only, client cert required."""
     tls = _downstream_tls(cert, trust, min_version="TLSv1_2", alpn=("h2", "http/1.1"))
@@ -131,7 +134,14 @@ def istio_sidecar(
             "application_protocols": list(ISTIO_INBOUND_ALPN),
         },
         "transport_socket": tls,
-        "filters": [_hcm(name, backend, peer="%DOWNSTREAM_PEER_URI_SAN%")],
+        "filters": [
+            _hcm(
+                name,
+                backend,
+                peer="%DOWNSTREAM_PEER_URI_SAN%",
+                max_requests=max_requests_per_connection,
+            )
+        ],
     }
     return _bootstrap(name, address, port, [chain], backend)
 
@@ -145,13 +155,21 @@ def linkerd_sidecar(
     trust: TrustSource,
     backend: Backend | None = None,
     address: str = "127.0.0.1",
+    max_requests_per_connection: int = 0,
 ) -> dict[str, Any]:
     """A Linkerd-style inbound proxy: TLS 1.3 only, SNI must be ``identity``, no ALPN."""
     tls = _downstream_tls(cert, trust, min_version="TLSv1_3", alpn=())
     chain = {
         "filter_chain_match": {"transport_protocol": "tls", "server_names": [identity]},
         "transport_socket": tls,
-        "filters": [_hcm(name, backend, peer="%DOWNSTREAM_PEER_DNS_SAN%")],
+        "filters": [
+            _hcm(
+                name,
+                backend,
+                peer="%DOWNSTREAM_PEER_DNS_SAN%",
+                max_requests=max_requests_per_connection,
+            )
+        ],
     }
     return _bootstrap(name, address, port, [chain], backend)
 
@@ -165,6 +183,7 @@ def consul_sidecar(
     allow: Sequence[str],
     backend: Backend | None = None,
     address: str = "127.0.0.1",
+    max_requests_per_connection: int = 0,
 ) -> dict[str, Any]:
     """A Consul Connect public listener: client cert from the Connect CA, intentions as RBAC.
 
@@ -193,7 +212,15 @@ def consul_sidecar(
     }
     chain = {
         "transport_socket": tls,
-        "filters": [rbac, _hcm(name, backend, peer="%DOWNSTREAM_PEER_URI_SAN%")],
+        "filters": [
+            rbac,
+            _hcm(
+                name,
+                backend,
+                peer="%DOWNSTREAM_PEER_URI_SAN%",
+                max_requests=max_requests_per_connection,
+            ),
+        ],
     }
     return _bootstrap(name, address, port, [chain], backend)
 
@@ -289,7 +316,7 @@ def _downstream_tls(
     }
 
 
-def _hcm(name: str, backend: Backend | None, *, peer: str) -> dict[str, Any]:
+def _hcm(name: str, backend: Backend | None, *, peer: str, max_requests: int) -> dict[str, Any]:
     if backend is not None:
         action: dict[str, Any] = {"route": {"cluster": "backend"}}
     else:
@@ -301,12 +328,18 @@ def _hcm(name: str, backend: Backend | None, *, peer: str) -> dict[str, Any]:
         "x-mesh-peer": peer,
         "x-mesh-peer-serial": "%DOWNSTREAM_PEER_SERIAL%",
     }
+    options: dict[str, Any] = {}
+    if max_requests:
+        # Closing connections after N requests makes clients handshake again
+        # and again, so certificate rotations show on the wire.
+        options["common_http_protocol_options"] = {"max_requests_per_connection": max_requests}
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": HCM_TYPE,
             "stat_prefix": f"sidecar_{name}",
             "codec_type": "AUTO",
+            **options,
             "route_config": {
                 "name": f"sidecar_{name}",
                 "virtual_hosts": [
