@@ -37,3 +37,8 @@ class Resources:
 
     def of(self, type_url: str) -> Mapping[str, Message]:
         return self.by_type.get(type_url, FrozenDict())
+
+    def __repr__(self) -> str:
+        # Counts only: a Secret message's text form would print its private key.
+        counts = ", ".join(f"{t.rsplit('.', 1)[-1]}={len(r)}" for t, r in self.by_type.items())
+        return f"Resources({counts})"
