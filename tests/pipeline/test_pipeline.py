@@ -258,3 +258,48 @@ async def test_last_good_snapshot_wins_when_translate_or_consistency_fails(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_with_the_real_resolver_an_endpoint_change_rebuilds_only_its_service() -> None:
+    from bridge.model.k8s import EndpointPort, K8sEndpointSlice, SliceEndpoint
+
+    def slice_of(name: str, ip: str) -> K8sEndpointSlice:
+        return K8sEndpointSlice(
+            "default",
+            f"{name}-1",
+            name,
+            ports=(EndpointPort(8080, "http"),),
+            endpoints=(SliceEndpoint((ip,)),),
+        )
+
+    store = Store()
+    cache = SnapshotCache()
+    p = Pipeline(
+        store, ResolveSettings(), SnapshotPublisher(cache), hold_off=0.01, max_delay=0.1
+    )  # the real resolve and translate
+    task = asyncio.create_task(p.run())
+    try:
+        for name in ("web", "api"):
+            store.upsert("dir", svc(name))
+            store.upsert("dir", slice_of(name, "10.0.0.1"))
+        store.mark_synced("dir")
+        await wait(p.wait_published(0))
+        before, snap_before = p.resolved, cache.snapshot(DEFAULT_GROUP)
+        assert before is not None and snap_before is not None
+        store.upsert("dir", slice_of("web", "10.0.0.2"))
+        await wait(p.wait_published(1))
+        after, snap = p.resolved, cache.snapshot(DEFAULT_GROUP)
+        assert after is not None and snap is not None
+        api = ObjectRef(Kind.SERVICE, "default", "api")
+        web = ObjectRef(Kind.SERVICE, "default", "web")
+        assert after.services[api] is before.services[api]  # not re-resolved
+        assert after.services[web] is not before.services[web]
+        # Only web's endpoints changed on the wire; its cluster did not.
+        assert snap.changed == {ENDPOINT: frozenset({"default/web/http"})}
+        assert (
+            snap.entries(CLUSTER)["default/web/http"]
+            is snap_before.entries(CLUSTER)["default/web/http"]
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
