@@ -104,7 +104,7 @@ class Bridge:
             self.publisher,
             hold_off=config.debounce.hold_off_ms / 1000,
             max_delay=config.debounce.max_delay_ms / 1000,
-            resolve=resolve,
+            resolve_fn=resolve,
         )
         tls = _server_tls(config)
         self.xds_servers = [

@@ -38,6 +38,7 @@ from bridge.model.ir import Ir, Resolved
 from bridge.model.k8s import ObjectRef
 from bridge.model.settings import ResolveSettings
 from bridge.model.world import World
+from bridge.resolve import resolve
 from bridge.server.cache import DEFAULT_GROUP, Snapshot, SnapshotCache
 from bridge.store import Store
 from bridge.xds.resources import Resources
@@ -60,10 +61,8 @@ TranslateFn = Callable[[Ir, Translation | None], Translation]
 
 
 def default_resolve() -> ResolveFn:
-    import importlib
-
-    fn: ResolveFn = importlib.import_module("bridge.resolve").resolve
-    return fn
+    """The real resolver (:func:`bridge.resolve.resolve`); tests inject others."""
+    return resolve
 
 
 class SnapshotPublisher:
@@ -122,7 +121,7 @@ class Pipeline:
         *,
         hold_off: float = 0.05,
         max_delay: float = 0.5,
-        resolve: ResolveFn | None = None,
+        resolve_fn: ResolveFn | None = None,
         translate_fn: TranslateFn | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -131,7 +130,7 @@ class Pipeline:
         self.hold_off = hold_off
         self.max_delay = max(max_delay, hold_off)
         self._publish = publish
-        self._resolve = resolve or default_resolve()
+        self._resolve = resolve_fn or default_resolve()
         self._translate: TranslateFn = translate_fn or translate
         self._clock = clock
         self.resolved: Resolved | None = None

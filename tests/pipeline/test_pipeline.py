@@ -92,7 +92,7 @@ async def harness() -> AsyncIterator[Harness]:
         SnapshotPublisher(cache),
         hold_off=0.03,
         max_delay=0.3,
-        resolve=resolver,
+        resolve_fn=resolver,
     )
     task = asyncio.create_task(pipeline.run())
     try:
@@ -230,7 +230,7 @@ async def test_last_good_snapshot_wins_when_translate_or_consistency_fails(
         ResolveSettings(),
         SnapshotPublisher(cache),
         hold_off=0.01,
-        resolve=Recorder(),
+        resolve_fn=Recorder(),
         translate_fn=translate_fn,
     )
     task = asyncio.create_task(p.run())
