@@ -281,6 +281,9 @@ class Config:
                 Listener(name=lc.name, port=lc.port, address=lc.address)
                 for lc in self.gateway.listeners
             ),
+            # Every mesh's upstream TLS is built; a mesh whose identity is not
+            # (yet) available gets a diagnostic per Service, never plaintext.
+            supported_meshes=frozenset({Mesh.NONE, Mesh.ISTIO, Mesh.LINKERD, Mesh.CONSUL}),
             istio=IstioSettings(trust_domain=self.istio.trust_domain),
             linkerd=LinkerdSettings(
                 namespace=self.linkerd.namespace,

@@ -22,6 +22,8 @@ import bridge
 from bridge.app import Bridge, Source, SourceFactory
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError, MeshbridgeError
+from bridge.identity.files import FilesProvider, files_dir
+from bridge.model.ir import Mesh
 from bridge.sources.dir import DirSource
 from bridge.store import Store
 
@@ -132,17 +134,46 @@ class _KubernetesSource:
         await self._run(self.store, self.config, asyncio.Event())
 
 
+class _IdentitySource:
+    """An identity provider as a :class:`bridge.app.Source`."""
+
+    def __init__(self, provider: FilesProvider) -> None:
+        self.provider = provider
+        self.name = provider.source
+
+    async def run(self) -> None:
+        await self.provider.run()
+
+
+def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
+    """The providers of the gateway's mesh identities that this build can run.
+
+    ``files:DIR`` modes (an istio-agent style ``OUTPUT_CERTS`` directory) for
+    Istio and Linkerd. Meshes with no provider here get a diagnostic on each
+    Service that needs them ("no identity for mesh ... yet"), never plaintext.
+    """
+    out = []
+    for mesh, mode, trust_domain in (
+        (Mesh.ISTIO, config.istio.identity, config.istio.trust_domain),
+        (Mesh.LINKERD, config.linkerd.mode, config.linkerd.trust_domain),
+    ):
+        directory = files_dir(mode)
+        if directory is not None:
+            out.append(FilesProvider(mesh, store, directory, trust_domain=trust_domain))
+    return out
+
+
 def _source_factory(spec: str, config: Config) -> SourceFactory:
     def factory(store: Store) -> list[Source]:
+        sources: list[Source] = [_IdentitySource(p) for p in identity_providers(store, config)]
         if spec == "kubernetes":
-            return [_KubernetesSource(store, config)]
-        return [
-            DirSource(
-                store,
-                spec.removeprefix("dir:"),
-                poll_interval=config.dir_source.poll_interval_ms / 1000,
-            )
-        ]
+            return [*sources, _KubernetesSource(store, config)]
+        dir_source = DirSource(
+            store,
+            spec.removeprefix("dir:"),
+            poll_interval=config.dir_source.poll_interval_ms / 1000,
+        )
+        return [*sources, dir_source]
 
     return factory
 
@@ -230,6 +261,8 @@ def _resolve(args: argparse.Namespace) -> int:
     else:
         path = spec.removeprefix("dir:")
         DirSource(store, path).load()
+    for provider in identity_providers(store, config):
+        provider.poll()  # load the identity once, for its expiry and the SANs it implies
     world, changed = store.take()
     resolved = default_resolve()(world, config.resolve_settings(), None, changed)
     table = rows(resolved, args.services)

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import textwrap
 import urllib.request
 from pathlib import Path
 
@@ -160,3 +161,70 @@ def test_serve_answers_health_and_stops_on_sigint(tmp_path: Path) -> None:
             proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_resolve_shows_istio_tls_and_identity_expiry_from_files_mode(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    from bridge.demo.meshes import DemoMeshCa
+    from bridge.model.ir import Mesh
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ca = DemoMeshCa(Mesh.ISTIO, now=now)
+    ca.write_output_certs(tmp_path / "certs", ca.issue("meshbridge", "meshbridge", now=now))
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "all.yaml").write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: v1
+            kind: Namespace
+            metadata: {name: pay, labels: {istio-injection: enabled}}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata:
+              name: card
+              namespace: pay
+              annotations: {meshbridge.io/prefix: /pay}
+            spec: {ports: [{name: http, port: 80}]}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata:
+              name: card-1
+              namespace: pay
+              labels: {kubernetes.io/service-name: card}
+            addressType: IPv4
+            ports: [{name: http, port: 8080}]
+            endpoints:
+            - addresses: [10.1.0.5]
+              targetRef: {kind: Pod, name: card-0}
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata:
+              name: card-0
+              namespace: pay
+              labels: {security.istio.io/tlsMode: istio}
+            spec: {serviceAccountName: card-sa}
+            status: {podIPs: [{ip: 10.1.0.5}]}
+            """
+        )
+    )
+    config = tmp_path / "meshbridge.yaml"
+    config.write_text(f"istio:\n  identity: files:{tmp_path / 'certs'}\n")
+    code, out, _ = run(
+        capsys, "resolve", "--config", str(config), "--source", f"dir:{world}", "-o", "json"
+    )
+    assert code == 0
+    (card,) = json.loads(out)["services"]
+    assert card["mesh"] == "istio" and "security.istio.io/tlsMode" in card["mesh_reason"]
+    assert card["verify_san"] == ["URI:spiffe://cluster.local/ns/pay/sa/card-sa"]
+    assert card["sni"] == ["outbound_.80_._.card.pay.svc.cluster.local"]
+    assert "istio-peer-exchange" not in card["alpn"] and "istio" in card["alpn"]
+    (identity,) = card["identity"]
+    assert "expires" in identity
+    assert card["diagnostics"] == []
