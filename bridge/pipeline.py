@@ -144,6 +144,9 @@ class Pipeline:
         self._pending: set[ObjectRef] = set()
         self._cond = asyncio.Condition()
         self._logged_error: str | None = None
+        # Called after each successful publish with (world, resolved, stats):
+        # the Consul watch set, catalog sync and metrics follow the world here.
+        self.observers: list[Callable[[World, Resolved, BuildStats], None]] = []
 
     # -- observing -------------------------------------------------------------
 
@@ -247,14 +250,18 @@ class Pipeline:
             log.info("snapshot build recovered (world version %d)", world.version)
         self.last_error = None
         self._logged_error = None
-        self.builds.append(
-            BuildStats(
-                world.version,
-                len(pending),
-                (t1 - t0) * 1000,
-                (t2 - t1) * 1000,
-                (t3 - t2) * 1000,
-                ok=True,
-            )
+        stats = BuildStats(
+            world.version,
+            len(pending),
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+            ok=True,
         )
+        self.builds.append(stats)
+        for observer in self.observers:
+            try:
+                observer(world, resolved, stats)
+            except Exception:  # an observer's bug must not stop publishing
+                log.exception("pipeline observer %r failed", observer)
         return True
