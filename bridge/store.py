@@ -159,6 +159,15 @@ class Store:
             n += self.delete(source, ref)
         return n
 
+    def get(self, ref: ObjectRef) -> K8sObject | None:
+        """The object held now under ``ref`` (before any :meth:`take`), or None.
+
+        For loop-owned readers that need one object between builds (an
+        identity provider reading its trust-root ConfigMap); it marks nothing.
+        """
+        obj: K8sObject | None = self._maps.get(ref.kind, {}).get(_key(ref))
+        return obj
+
     def set_source_diagnostics(self, source: str, diags: Iterable[Diagnostic]) -> None:
         new = tuple(sorted(diags))
         if self._source_diags.get(source, ()) != new:
