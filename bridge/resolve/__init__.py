@@ -79,17 +79,26 @@ _Pair = tuple[str, str]  # (host, prefix)
 
 @dataclass(frozen=True, slots=True)
 class _Basis:
-    """What the next incremental run needs from this one (never mutated)."""
+    """What the next incremental run needs from this one.
+
+    The maps are plain dicts that are never mutated once here: the next run
+    copies them with ``dict.copy`` (C speed, no re-hashing of keys).
+    ``services`` and ``upstreams`` are the very dicts the Resolved and its IR
+    expose through ``FrozenDict.adopt`` (one copy per run, not two).
+    """
 
     world: World
     settings: ResolveSettings
     # Claimed resolutions of Services that lost a route (for the others the
     # final resolution *is* the claimed one).
-    claimed: Mapping[ObjectRef, ServiceResolution]
+    claimed: dict[ObjectRef, ServiceResolution]
     # (host, prefix) → claimants, lowest source first (the winner).
-    claims: Mapping[_Pair, tuple[Route, ...]]
+    claims: dict[_Pair, tuple[Route, ...]]
     # host → its VirtualHost.
-    hosts: Mapping[str, VirtualHost]
+    hosts: dict[str, VirtualHost]
+    # The final resolutions and the IR's upstreams, as dicts.
+    services: dict[ObjectRef, ServiceResolution]
+    upstreams: dict[UpstreamKey, Upstream]
 
 
 def resolve(
@@ -100,38 +109,31 @@ def resolve(
 ) -> Resolved:
     """Resolve ``world`` into per-Service results, the IR and every diagnostic."""
     basis = previous.basis if previous is not None else None
-    incremental = isinstance(basis, _Basis) and basis.settings == settings
-    old_final: Mapping[ObjectRef, ServiceResolution] = previous.services if previous else EMPTY
-    if incremental:
-        assert isinstance(basis, _Basis)
-        assert previous is not None
-        affected = _affected(world, basis, old_final, changed)
-        claimed: Mapping[ObjectRef, ServiceResolution] = basis.claimed
-        claims: Mapping[_Pair, tuple[Route, ...]] = basis.claims
-        hosts: Mapping[str, VirtualHost] = basis.hosts
-        old_ir = previous.ir
-        old_world: World | None = basis.world
-        prev_claimed = claimed
-    else:
-        affected = set(world.services) | set(old_final)
-        # Only used to reuse equal objects; claims are rebuilt from nothing.
-        prev_claimed = basis.claimed if isinstance(basis, _Basis) else EMPTY
-        claimed, claims, hosts = EMPTY, EMPTY, EMPTY
-        old_ir = None
-        old_world = None
+    if not isinstance(basis, _Basis):
+        basis = None
+    # Earlier results, consulted to hand back the very same object when a new
+    # one is equal (also on a full rebuild).
+    reuse_final: Mapping[ObjectRef, ServiceResolution] = previous.services if previous else EMPTY
+    reuse_claimed = basis.claimed if basis is not None else {}
+    if basis is not None and previous is not None and basis.settings == settings:
+        return _build(
+            world,
+            settings,
+            previous,
+            basis,
+            reuse_final,
+            reuse_claimed,
+            sorted(_affected(world, basis, reuse_final, changed)),
+        )
+    empty = _Basis(World(), settings, {}, {}, {}, {}, {})
     return _build(
         world,
         settings,
-        previous,
-        old_final if incremental else EMPTY,
-        old_final,
-        claimed,
-        prev_claimed,
-        claims,
-        hosts,
-        old_ir,
-        old_world,
-        sorted(affected),
+        None,
+        empty,
+        reuse_final,
+        reuse_claimed,
+        sorted(set(world.services) | set(reuse_final)),
     )
 
 
@@ -189,21 +191,22 @@ def _build(
     world: World,
     settings: ResolveSettings,
     previous: Resolved | None,
-    base_final: Mapping[ObjectRef, ServiceResolution],
+    base: _Basis,
     reuse_final: Mapping[ObjectRef, ServiceResolution],
-    base_claimed: Mapping[ObjectRef, ServiceResolution],
     reuse_claimed: Mapping[ObjectRef, ServiceResolution],
-    base_claims: Mapping[_Pair, tuple[Route, ...]],
-    base_hosts: Mapping[str, VirtualHost],
-    old_ir: Ir | None,
-    old_world: World | None,
     affected: list[ObjectRef],
 ) -> Resolved:
-    """Re-resolve ``affected`` on top of the ``base_*`` state (empty for a full build).
+    """Re-resolve ``affected`` on top of ``base`` (empty for a full build).
 
-    ``reuse_*`` are the previous results, consulted only to hand back the very
-    same object when a new one is equal.
+    ``previous`` is None for a full build. ``reuse_*`` are earlier results,
+    consulted only to hand back the very same object when a new one is equal.
     """
+    base_final = base.services
+    base_claimed = base.claimed
+    base_claims = base.claims
+    base_hosts = base.hosts
+    old_ir = previous.ir if previous is not None else None
+    old_world = base.world if previous is not None else None
 
     def old_claimed_of(ref: ObjectRef) -> ServiceResolution | None:
         return reuse_claimed.get(ref) or reuse_final.get(ref)
@@ -229,7 +232,7 @@ def _build(
     claims = base_claims
     refinalize: set[ObjectRef] = set()
     if changed_pairs:
-        claims_d = dict(base_claims)
+        claims_d = base_claims.copy()
         adds: dict[_Pair, list[Route]] = {}
         for csr in new_claimed.values():
             if csr is not None:
@@ -247,11 +250,11 @@ def _build(
                 claims_d[pair] = tuple(kept)
             else:
                 claims_d.pop(pair, None)
-        claims = FrozenDict(claims_d)
+        claims = claims_d
 
     # 3. Final resolutions: the affected Services and every claimant of a
     #    changed pair (one may have started or stopped losing).
-    services = dict(base_final)
+    services = base_final.copy()
     claimed = base_claimed
     claimed_d: dict[ObjectRef, ServiceResolution] | None = None
     finals_changed: list[tuple[ServiceResolution | None, ServiceResolution | None]] = []
@@ -272,7 +275,7 @@ def _build(
         had = ref in claimed
         if had or lost:
             if claimed_d is None:
-                claimed_d = dict(claimed)
+                claimed_d = claimed.copy()
             if lost:
                 assert src is not None
                 claimed_d[ref] = src
@@ -281,13 +284,13 @@ def _build(
         if final is not prev_final:
             finals_changed.append((prev_final, final))
     if claimed_d is not None:
-        claimed = FrozenDict(claimed_d) if claimed_d else EMPTY
+        claimed = claimed_d
 
     # 4. The route table, for the hosts whose pairs changed.
     hosts = base_hosts
     vhosts_changed = False
     if changed_pairs:
-        hosts_d = dict(base_hosts)
+        hosts_d = base_hosts.copy()
         # The winners of every changed host, in one pass over the claims:
         # O(pairs), and only when a route changed, never for endpoint changes.
         winners: dict[str, list[Route]] = {pair[0]: [] for pair in changed_pairs}
@@ -305,15 +308,25 @@ def _build(
             elif vh is not old_vh:
                 hosts_d[host] = vh
                 vhosts_changed = True
-        hosts = FrozenDict(hosts_d) if vhosts_changed else base_hosts
+        hosts = hosts_d if vhosts_changed else base_hosts
 
-    ir = _ir(world, settings, old_ir, old_world, services, hosts, vhosts_changed, finals_changed)
+    ir, upstreams = _ir(
+        world,
+        settings,
+        old_ir,
+        old_world,
+        services,
+        base.upstreams,
+        hosts,
+        vhosts_changed,
+        finals_changed,
+    )
     diagnostics = _diagnostics(world, previous, old_world, services, finals_changed)
     return Resolved(
-        services=FrozenDict(services),
+        services=FrozenDict.adopt(services),
         ir=ir,
         diagnostics=diagnostics,
-        basis=_Basis(world, settings, claimed, claims, hosts),
+        basis=_Basis(world, settings, claimed, claims, hosts, services, upstreams),
     )
 
 
@@ -408,23 +421,23 @@ def _ir(
     old_ir: Ir | None,
     old_world: World | None,
     services: Mapping[ObjectRef, ServiceResolution],
+    base_upstreams: dict[UpstreamKey, Upstream],
     hosts: Mapping[str, VirtualHost],
     vhosts_changed: bool,
     finals_changed: list[tuple[ServiceResolution | None, ServiceResolution | None]],
-) -> Ir:
+) -> tuple[Ir, dict[UpstreamKey, Upstream]]:
+    """The IR, and its upstreams as a plain dict for the next run."""
     if old_ir is None:
         virtual_hosts = tuple(sorted(hosts.values(), key=_host_order))
-        upstreams: Mapping[UpstreamKey, Upstream] = FrozenDict(
-            {u.key: u for sr in services.values() for u in sr.upstreams}
-        )
-        secrets = _secrets(world, upstreams)
-        listeners = settings.listeners
-        return Ir(listeners, virtual_hosts, upstreams, secrets)
+        ups = {u.key: u for sr in services.values() for u in sr.upstreams}
+        frozen = FrozenDict.adopt(ups)
+        ir = Ir(settings.listeners, virtual_hosts, frozen, _secrets(world, frozen))
+        return ir, ups
 
     virtual_hosts = (
         tuple(sorted(hosts.values(), key=_host_order)) if vhosts_changed else old_ir.virtual_hosts
     )
-    upstreams = old_ir.upstreams
+    upstreams: Mapping[UpstreamKey, Upstream] = old_ir.upstreams
     tls_changed = False
     ups_d: dict[UpstreamKey, Upstream] | None = None
     for before, after in finals_changed:
@@ -433,7 +446,7 @@ def _ir(
         if a is b:
             continue
         if ups_d is None:
-            ups_d = dict(upstreams)
+            ups_d = base_upstreams.copy()
         for u in b:
             ups_d.pop(u.key, None)
         for u in a:
@@ -441,7 +454,9 @@ def _ir(
         if {u.tls for u in b if u.tls} != {u.tls for u in a if u.tls}:
             tls_changed = True
     if ups_d is not None:
-        upstreams = FrozenDict(ups_d)
+        upstreams = FrozenDict.adopt(ups_d)
+    else:
+        ups_d = base_upstreams
     secrets = old_ir.secrets
     if tls_changed or (old_world is not None and world.mesh_secrets is not old_world.mesh_secrets):
         secrets = _secrets(world, upstreams)
@@ -453,8 +468,8 @@ def _ir(
         and secrets is old_ir.secrets
         and settings.listeners == old_ir.listeners
     ):
-        return old_ir
-    return Ir(settings.listeners, virtual_hosts, upstreams, secrets)
+        return old_ir, ups_d
+    return Ir(settings.listeners, virtual_hosts, upstreams, secrets), ups_d
 
 
 def _secrets(
