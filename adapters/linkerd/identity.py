@@ -1,0 +1,368 @@
+"""The Linkerd identity provider (``linkerd.mode: ca``): ``Certify`` to Linkerd identity.
+
+What the Linkerd proxy does at start-up, done for the gateway (DESIGN.md §5):
+
+- a new ECDSA P-256 key and a DER CSR per renewal: exactly one DNS SAN,
+  the identity ``<sa>.<ns>.serviceaccount.identity.<linkerd-ns>.<td>`` of the
+  token's service account, and no CN (names often exceed 64 characters);
+- ``io.linkerd.proxy.identity.Identity/Certify`` with that name, the raw
+  service-account JWT (audience ``identity.l5d.io``) in the request — not a
+  header — and the CSR;
+- to ``linkerd-identity-headless.<linkerd-ns>.svc.<cluster-domain>:8080``
+  through the identity pod's proxy: TLS 1.3 only, SNI
+  ``linkerd-identity.<linkerd-ns>.serviceaccount.identity.<linkerd-ns>.<td>``,
+  that DNS SAN verified against the trust anchors, and **no ALPN**;
+- trust anchors from ConfigMap ``linkerd-identity-trust-roots`` key
+  ``ca-bundle.crt`` as the store holds it (or a file): they verify the
+  identity service, they are the trust bundle served to Envoy, and the
+  issued leaf must chain to them through the returned intermediates;
+- refresh at 70% of the time remaining when the certificate arrived
+  (:data:`LINKERD_POLICY`), with jitter and backoff on failure while the
+  current certificate keeps being served.
+
+The gRPC client is grpclib over Python's ``ssl``. grpcio cannot be used:
+its TLS stack insists that the server select ALPN ``h2`` and fails the
+handshake with "missing selected ALPN property" when Linkerd's proxy
+selects none. grpclib speaks HTTP/2 (the ``h2`` package) over whatever
+``SSLContext`` it is given and does not require ALPN, so this module gives
+it one pinned to TLS 1.3, with no ALPN offered and the trust anchors as the
+only roots; grpclib still handles framing, deadlines, trailers and
+``grpc-status``.
+
+Anchors are re-read every ``roots_poll_s``: a changed bundle is published at
+once; when the leaf no longer chains to it (or there is none yet) a renewal
+starts at once. A token the service refuses (``FAILED_PRECONDITION``,
+``UNAUTHENTICATED``, ``PERMISSION_DENIED``) is a diagnostic naming the
+audience and the service account. Tokens and keys are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.config import Configuration
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from adapters.linkerd import proto as identity_pb
+from bridge.config import parse_address
+from bridge.errors import IdentityError, IdentityUnavailable
+from bridge.identity import pki
+from bridge.identity.provider import CaIdentityProvider, IdentityMaterial
+from bridge.identity.rotation import LINKERD_POLICY, Clock, RenewalPolicy
+from bridge.identity.tokens import LINKERD_AUDIENCE, ServiceAccount, TokenSource, token_subject
+from bridge.model.diagnostics import Diagnostic, Severity
+from bridge.model.ir import Mesh
+from bridge.model.k8s import K8sConfigMap, Kind, ObjectRef
+from bridge.model.secrets import SecretBytes
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+TRUST_ROOTS_CONFIG_MAP = "linkerd-identity-trust-roots"
+TRUST_ROOTS_KEY = "ca-bundle.crt"
+
+_UNAVAILABLE = frozenset(
+    {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.RESOURCE_EXHAUSTED}
+)
+_REJECTED = frozenset(
+    {Status.FAILED_PRECONDITION, Status.UNAUTHENTICATED, Status.PERMISSION_DENIED}
+)
+
+
+def identity_name(service_account: str, namespace: str, linkerd_ns: str, trust_domain: str) -> str:
+    """``<sa>.<ns>.serviceaccount.identity.<linkerd-ns>.<trust-domain>``."""
+    return f"{service_account}.{namespace}.serviceaccount.identity.{linkerd_ns}.{trust_domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkerdIdentitySettings:
+    """How to reach Linkerd identity and who the gateway is (from the config file)."""
+
+    # "" = linkerd-identity-headless.<namespace>.svc.<cluster_domain>:8080
+    address: str = ""
+    namespace: str = "linkerd"
+    trust_domain: str = "cluster.local"
+    cluster_domain: str = "cluster.local"
+    # The gateway's service account when the token does not say (the service
+    # checks that the requested identity is the token's).
+    gateway_namespace: str = "meshbridge"
+    service_account: str = "meshbridge"
+    timeout_s: float = 10.0
+    roots_poll_s: float = 1.0
+
+    @property
+    def target(self) -> tuple[str, int]:
+        if self.address:
+            return parse_address(self.address)
+        return f"linkerd-identity-headless.{self.namespace}.svc.{self.cluster_domain}", 8080
+
+    @property
+    def service_name(self) -> str:
+        """The identity service's own identity: the SNI and the DNS SAN to verify."""
+        return identity_name("linkerd-identity", self.namespace, self.namespace, self.trust_domain)
+
+    def identity_of(self, account: ServiceAccount) -> str:
+        return identity_name(account.name, account.namespace, self.namespace, self.trust_domain)
+
+
+class LinkerdRoots:
+    """Where the trust anchors come from: the ConfigMap held in the store, or a file."""
+
+    def __init__(self, *, store: Store | None = None, namespace: str = "", path: str = "") -> None:
+        if (store is None) == (not path):
+            raise ValueError("give either a store and namespace, or a path")
+        self._store = store
+        self.namespace = namespace
+        self.path = path
+
+    @classmethod
+    def config_map(cls, store: Store, namespace: str) -> LinkerdRoots:
+        """``linkerd-identity-trust-roots`` in Linkerd's namespace."""
+        return cls(store=store, namespace=namespace)
+
+    @classmethod
+    def file(cls, path: str | Path) -> LinkerdRoots:
+        return cls(path=str(path))
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"file {self.path}"
+        return f"ConfigMap {self.namespace}/{TRUST_ROOTS_CONFIG_MAP} key {TRUST_ROOTS_KEY}"
+
+    def read(self) -> str:
+        """The PEM bundle; :class:`IdentityError` naming the source when absent or unreadable."""
+        if self.path:
+            try:
+                text = Path(self.path).read_text()
+            except OSError as exc:
+                raise IdentityError(
+                    f"cannot read Linkerd trust anchors {self}: {exc.strerror}"
+                ) from exc
+        else:
+            assert self._store is not None
+            ref = ObjectRef(Kind.CONFIG_MAP, self.namespace, TRUST_ROOTS_CONFIG_MAP)
+            cm = self._store.get(ref)
+            if not isinstance(cm, K8sConfigMap):
+                raise IdentityError(f"no Linkerd trust anchors yet: {self} not found")
+            text = cm.data.get(TRUST_ROOTS_KEY, "")
+            if not text.strip():
+                raise IdentityError(f"no Linkerd trust anchors yet: {self} is missing or empty")
+        pki.load_pem_chain(text, f"Linkerd trust anchors ({self})")
+        return text
+
+
+def client_tls(anchors_pem: str) -> ssl.SSLContext:
+    """TLS as Linkerd's proxy expects it: 1.3 only, anchors as the only roots, no ALPN."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the name
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cadata=anchors_pem)
+    # No set_alpn_protocols(): the identity service's proxy negotiates none.
+    return ctx
+
+
+class LinkerdIdentityProvider(CaIdentityProvider):
+    """The gateway's Linkerd certificate from Linkerd identity, kept current in the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        tokens: TokenSource,
+        roots: LinkerdRoots,
+        settings: LinkerdIdentitySettings = LinkerdIdentitySettings(),
+        *,
+        policy: RenewalPolicy = LINKERD_POLICY,
+        clock: Clock | None = None,
+        rand: random.Random | None = None,
+    ) -> None:
+        super().__init__(Mesh.LINKERD, store, policy=policy, clock=clock, rand=rand)
+        self.tokens = tokens
+        self.roots = roots
+        self.settings = settings
+        self.requests = 0  # Certify calls made (for /debug and tests)
+        self._renew_now = asyncio.Event()
+        self._rotator_diags: tuple[Diagnostic, ...] = ()
+        self._rejected: Diagnostic | None = None
+        self._roots_error = ""
+
+    # -- the loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Renew on schedule, and at once when the anchors no longer cover the leaf."""
+        watch = asyncio.create_task(self._watch_roots(), name="linkerd-anchors")
+        try:
+            while True:
+                self._renew_now.clear()
+                rotate = asyncio.create_task(self.rotator.run(), name="linkerd-identity-rotator")
+                wake = asyncio.create_task(self._renew_now.wait())
+                try:
+                    await asyncio.wait({rotate, wake}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (rotate, wake):
+                        t.cancel()
+                    await asyncio.gather(rotate, wake, return_exceptions=True)
+                if not rotate.cancelled() and rotate.exception() is not None:
+                    raise IdentityError("Linkerd renewal loop stopped") from rotate.exception()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _watch_roots(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.roots_poll_s)
+            self.check_roots()
+
+    def check_roots(self) -> None:
+        """Publish a changed bundle; ask for a renewal if the leaf no longer chains to it."""
+        try:
+            bundle = self.roots.read()
+        except IdentityError as exc:
+            if str(exc) != self._roots_error:
+                self._roots_error = str(exc)
+                log.warning("Linkerd identity: %s", exc)
+            return
+        self._roots_error = ""
+        cur = self.current
+        if cur is None:
+            if self.rotator.failures:
+                self._renew_now.set()  # the anchors may be what was missing: retry now
+            return
+        if bundle == self.trust_pem:
+            return
+        log.info("Linkerd identity: trust anchors changed in %s", self.roots)
+        self.publish_trust(bundle, self.settings.trust_domain)
+        try:
+            pki.validate_chain(cur.cert_chain_pem, bundle, self.clock.now())
+        except IdentityError as exc:
+            log.info("Linkerd identity: current certificate no longer chains (%s): renewing", exc)
+            self._renew_now.set()
+
+    # -- one certificate -------------------------------------------------------
+
+    async def fetch(self) -> IdentityMaterial:
+        anchors = self.roots.read()
+        token = await self.tokens.token(LINKERD_AUDIENCE)
+        account = token_subject(token) or ServiceAccount(
+            self.settings.gateway_namespace, self.settings.service_account
+        )
+        name = self.settings.identity_of(account)
+        key = pki.generate_key(pki.KeyKind.EC_P256)
+        certified = await self._certify(name, token, pki.linkerd_csr(key, name), anchors, account)
+        chain = pki.der_to_pem(certified.leaf_der) + "".join(
+            pki.der_to_pem(d) for d in certified.intermediates_der
+        )
+        try:
+            material = IdentityMaterial.checked(
+                cert_chain_pem=chain,
+                private_key=key,
+                trust_bundle_pem=anchors,
+                trust_domain=self.settings.trust_domain,
+                now=self.clock.now(),
+            )
+        except IdentityError as exc:
+            raise IdentityError(
+                f"the certificate Linkerd identity issued does not verify against "
+                f"{self.roots}: {exc}"
+            ) from exc
+        if material.leaf.dns_sans != (name,):
+            raise IdentityError(
+                f"Linkerd identity issued a certificate for {material.leaf.dns_sans}, not {name!r}"
+            )
+        return material
+
+    async def _certify(
+        self,
+        name: str,
+        token: SecretBytes,
+        csr_der: bytes,
+        anchors: str,
+        account: ServiceAccount,
+    ) -> identity_pb.Certified:
+        s = self.settings
+        host, port = s.target
+        where = f"Linkerd identity at {host}:{port}"
+        channel = Channel(
+            host,
+            port,
+            ssl=client_tls(anchors),
+            config=Configuration(ssl_target_name_override=s.service_name),
+        )
+        method = UnaryUnaryMethod[object, object](
+            channel, identity_pb.CERTIFY, identity_pb.CertifyRequest, identity_pb.CertifyResponse
+        )
+        self.requests += 1
+        try:
+            reply = await method(
+                identity_pb.certify_request(name, token.reveal(), csr_der), timeout=s.timeout_s
+            )
+        except GRPCError as exc:
+            raise self._rpc_error(where, exc, account) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise IdentityError(
+                f"{where}: its certificate does not verify as {s.service_name!r} against "
+                f"{self.roots}: {exc.verify_message}"
+            ) from None
+        except (OSError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
+            raise IdentityUnavailable(f"{where} unreachable: {type(exc).__name__}: {exc}") from None
+        finally:
+            channel.close()
+        return identity_pb.read_response(reply)
+
+    def _rpc_error(self, where: str, exc: GRPCError, account: ServiceAccount) -> IdentityError:
+        status, message = exc.status, exc.message or ""
+        if status in _REJECTED:
+            self._reject(account, f"{status.name}: {message}")
+            return IdentityError(
+                f"{where} refused the token of service account {account} "
+                f"(audience {LINKERD_AUDIENCE}): {status.name}: {message}"
+            )
+        if status in _UNAVAILABLE:
+            return IdentityUnavailable(f"{where} unavailable: {status.name}: {message}")
+        return IdentityError(f"{where}: Certify failed: {status.name}: {message}")
+
+    # -- diagnostics -------------------------------------------------------------
+
+    def _reject(self, account: ServiceAccount, why: str) -> None:
+        cur = self.current
+        until = (
+            f"; the current certificate stays in use until {cur.not_after.isoformat()}"
+            if cur is not None
+            else ""
+        )
+        self._rejected = Diagnostic(
+            ref=self.ref,
+            field="identity.token",
+            message=(
+                f"Linkerd identity refused the service-account token of {account} "
+                f"(audience {LINKERD_AUDIENCE}): {why}{until}"
+            ),
+            fix=(
+                f"issue the token for service account {account} with audience "
+                f"{LINKERD_AUDIENCE} (TokenRequest audiences, or the projected volume's "
+                "audience); the requested identity must be that account's"
+            ),
+            severity=Severity.ERROR if cur is None else Severity.WARNING,
+            code="linkerd.token_rejected",
+        )
+        self._show_diagnostics()
+
+    def set_diagnostics(self, diags: tuple[Diagnostic, ...]) -> None:
+        self._rotator_diags = diags
+        self._show_diagnostics()
+
+    def publish(self, material: IdentityMaterial) -> None:
+        super().publish(material)
+        if self._rejected is not None:
+            self._rejected = None
+            self._show_diagnostics()
+
+    def _show_diagnostics(self) -> None:
+        extra = (self._rejected,) if self._rejected is not None else ()
+        super().set_diagnostics(self._rotator_diags + extra)
