@@ -6,13 +6,21 @@ relist or a directory rescan). Putting a value equal to the current one is a
 no-op. The pipeline calls :meth:`Store.take` to get a new frozen
 :class:`World` and the set of refs that changed since the last take.
 
+It also keeps two things for metrics and ``/debug`` (never for decisions):
+per-source event counts (:meth:`Store.event_counts`) and the monotonic time
+of the first change since the last take (:attr:`Store.changed_at`), which the
+pipeline carries to its observers so the time from a source change to
+Envoy's ACK can be measured.
+
 Not thread-safe: sources and the pipeline share one asyncio loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import collections
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bridge.model.consul import ConsulService, ConsulServiceKey
@@ -30,6 +38,7 @@ from bridge.model.k8s import (
     Kind,
     ObjectRef,
 )
+from bridge.model.sharded import ShardedBuilder
 from bridge.model.world import ServiceId, World
 
 _FIELD_BY_KIND: dict[Kind, str] = {
@@ -63,16 +72,22 @@ def _key(ref: ObjectRef) -> Any:
 
 
 class Store:
-    def __init__(self) -> None:
-        self._maps: dict[Kind, dict[Any, Any]] = {k: {} for k in _FIELD_BY_KIND}
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # Monotonic time of the first change since the last take (None: no change).
+        self.changed_at: float | None = None
+        self._events: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._maps: dict[Kind, ShardedBuilder[Any, Any]] = {
+            k: ShardedBuilder() for k in _FIELD_BY_KIND
+        }
         self._owner: dict[ObjectRef, str] = {}
         self._by_source: dict[str, set[ObjectRef]] = {}
         self._synced: dict[str, bool] = {}
         self._source_diags: dict[str, tuple[Diagnostic, ...]] = {}
         self._mesh_secrets: dict[SecretName, Secret] = {}
         self._consul: dict[ConsulServiceKey, ConsulService] = {}
-        self._slices_by_service: dict[ServiceId, frozenset[ObjectRef]] = {}
-        self._services_by_pod: dict[ObjectRef, frozenset[ServiceId]] = {}
+        self._slices_by_service: ShardedBuilder[ServiceId, frozenset[ObjectRef]] = ShardedBuilder()
+        self._services_by_pod: ShardedBuilder[ObjectRef, frozenset[ServiceId]] = ShardedBuilder()
         self._pod_refs_by_slice: dict[ObjectRef, tuple[ServiceId, frozenset[ObjectRef]]] = {}
         self._changed: set[ObjectRef] = set()
         self._dirty_fields: set[str] = set(_FIELD_BY_KIND.values()) | {
@@ -107,6 +122,10 @@ class Store:
     def sync_state(self) -> Mapping[str, bool]:
         return dict(self._synced)
 
+    def event_counts(self) -> Mapping[tuple[str, str], int]:
+        """Changes applied so far, by (source, operation): upsert, delete, diagnostics."""
+        return dict(self._events)
+
     def upsert(self, source: str, obj: K8sObject) -> bool:
         """Put one object; returns whether anything changed."""
         self.register_source(source)
@@ -122,6 +141,7 @@ class Store:
         m[key] = obj
         self._owner[ref] = source
         self._by_source[source].add(ref)
+        self._events[(source, "upsert")] += 1
         if kind is Kind.ENDPOINT_SLICE:
             assert isinstance(obj, K8sEndpointSlice)
             self._index_slice(ref, obj)
@@ -133,10 +153,11 @@ class Store:
         key = _key(ref)
         if key not in m:
             return False
-        del m[key]
+        m.pop(key)
         owner = self._owner.pop(ref, None)
         if owner is not None:
             self._by_source[owner].discard(ref)
+        self._events[(source, "delete")] += 1
         if ref.kind is Kind.ENDPOINT_SLICE:
             self._index_slice(ref, None)
         self._touch(ref, _FIELD_BY_KIND[ref.kind])
@@ -173,36 +194,41 @@ class Store:
         if self._source_diags.get(source, ()) != new:
             self._source_diags[source] = new
             self._dirty_fields.add("source_diagnostics")
-            self._event.set()
+            self._events[(source, "diagnostics")] += 1
+            self._signal()
 
-    def put_mesh_secret(self, secret: Secret) -> None:
+    def put_mesh_secret(self, secret: Secret, *, source: str = "identity") -> None:
         if self._mesh_secrets.get(secret.name) == secret:
             return
         self._mesh_secrets[secret.name] = secret
         self._dirty_fields.add("mesh_secrets")
         self._secrets_changed = True
-        self._event.set()
+        self._events[(source, "upsert")] += 1
+        self._signal()
 
-    def remove_mesh_secret(self, name: SecretName) -> None:
+    def remove_mesh_secret(self, name: SecretName, *, source: str = "identity") -> None:
         if self._mesh_secrets.pop(name, None) is not None:
             self._dirty_fields.add("mesh_secrets")
             self._secrets_changed = True
-            self._event.set()
+            self._events[(source, "delete")] += 1
+            self._signal()
 
-    def put_consul_service(self, svc: ConsulService) -> None:
+    def put_consul_service(self, svc: ConsulService, *, source: str = "consul") -> None:
         """Set the passing instances of one watched Consul service."""
         if self._consul.get(svc.key) == svc:
             return
         self._consul[svc.key] = svc
         self._changed.add(consul_ref(svc.key))
         self._dirty_fields.add("consul_services")
-        self._event.set()
+        self._events[(source, "upsert")] += 1
+        self._signal()
 
-    def remove_consul_service(self, key: ConsulServiceKey) -> None:
+    def remove_consul_service(self, key: ConsulServiceKey, *, source: str = "consul") -> None:
         if self._consul.pop(key, None) is not None:
             self._changed.add(consul_ref(key))
             self._dirty_fields.add("consul_services")
-            self._event.set()
+            self._events[(source, "delete")] += 1
+            self._signal()
 
     # -- the pipeline ---------------------------------------------------------
 
@@ -221,13 +247,14 @@ class Store:
         changed = frozenset(self._changed)
         self._changed.clear()
         self._secrets_changed = False
+        self.changed_at = None
         if not self._dirty_fields:
             return self._world, changed
         self._version += 1
         updates: dict[str, Any] = {"version": self._version}
         for kind, fname in _FIELD_BY_KIND.items():
             if fname in self._dirty_fields:
-                updates[fname] = FrozenDict(self._maps[kind])
+                updates[fname] = self._maps[kind].freeze()
         if "mesh_secrets" in self._dirty_fields:
             updates["mesh_secrets"] = FrozenDict(self._mesh_secrets)
         if "consul_services" in self._dirty_fields:
@@ -237,9 +264,9 @@ class Store:
                 sorted(d for ds in self._source_diags.values() for d in ds)
             )
         if "slices_by_service" in self._dirty_fields:
-            updates["slices_by_service"] = FrozenDict(self._slices_by_service)
+            updates["slices_by_service"] = self._slices_by_service.freeze()
         if "services_by_pod" in self._dirty_fields:
-            updates["services_by_pod"] = FrozenDict(self._services_by_pod)
+            updates["services_by_pod"] = self._services_by_pod.freeze()
         self._dirty_fields.clear()
         old = self._world
         self._world = World(
@@ -252,6 +279,12 @@ class Store:
     def _touch(self, ref: ObjectRef, fname: str) -> None:
         self._changed.add(ref)
         self._dirty_fields.add(fname)
+        self._signal()
+
+    def _signal(self) -> None:
+        """A change: wake the pipeline, remembering when the batch's first change came."""
+        if self.changed_at is None:
+            self.changed_at = self._clock()
         self._event.set()
 
     def _index_slice(self, ref: ObjectRef, obj: K8sEndpointSlice | None) -> None:
