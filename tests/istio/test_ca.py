@@ -234,7 +234,7 @@ async def test_ttl_over_istiod_maximum_is_reported(
 ) -> None:
     ca.max_ttl = dt.timedelta(hours=1)
     provider = make_provider(store, tokens, ca, validity_s=7200)
-    with pytest.raises(IdentityError, match="INVALID_ARGUMENT.*max allowed TTL"):
+    with pytest.raises(IdentityError, match=r"INVALID_ARGUMENT.*max allowed TTL"):
         await provider.fetch()
 
 
