@@ -447,8 +447,13 @@ def _ir(
             continue
         if ups_d is None:
             ups_d = base_upstreams.copy()
+        # Replace in place: an upstream that is still there keeps its position,
+        # so translation sees the same key order and patches one entry instead
+        # of walking all of them again.
+        kept = {u.key for u in a}
         for u in b:
-            ups_d.pop(u.key, None)
+            if u.key not in kept:
+                ups_d.pop(u.key, None)
         for u in a:
             ups_d[u.key] = u
         if {u.tls for u in b if u.tls} != {u.tls for u in a if u.tls}:
