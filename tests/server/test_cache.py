@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from bridge.errors import ConsistencyError
@@ -166,3 +169,22 @@ def test_hand_encoded_envelopes_parse_as_the_real_messages() -> None:
     assert delta.resources[0].resource.type_url == CLUSTER
     big = encode_any(CLUSTER, b"x" * 300)  # multi-byte varint lengths
     assert len(big) > 300
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 70_000], ids=lambda n: f"{n}B")
+def test_any_encoding_round_trips_at_varint_boundaries(size: int) -> None:
+    value = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    decoded = any_pb2.Any.FromString(encode_any(ENDPOINT, value))
+    assert (decoded.type_url, decoded.value) == (ENDPOINT, value)
+
+
+def test_building_a_snapshot_leaves_the_collector_as_it_found_it() -> None:
+    assert gc.isenabled()
+    Snapshot.from_resources(world())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        Snapshot.from_resources(world())
+        assert not gc.isenabled()  # an application that runs without it keeps it off
+    finally:
+        gc.enable()
