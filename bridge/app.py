@@ -14,27 +14,49 @@ and keeps applying changes until cancelled.
 If a source or the pipeline task dies (a bug: they handle their own I/O
 errors), :attr:`Bridge.failed` is set and the CLI exits non-zero rather than
 serve a control plane that silently stopped updating.
+
+The admin server (when an address is given) serves ``/healthz``, ``/readyz``,
+``/metrics`` (:mod:`bridge.metrics`, a registry per Bridge), ``/debug`` and
+``/debug/snapshot.json`` (:mod:`bridge.debug`).
+
+Stopping drains: :meth:`Bridge.stop` first stops the xDS servers from
+accepting new streams while open ones keep being served — sources and the
+pipeline still run, so a change made during the drain still reaches them —
+for ``drain`` seconds, then cancels what is left; ``/readyz`` answers 503
+from the start of the drain. :func:`serve_until_signal` does this on
+SIGTERM or SIGINT and returns the exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from bridge import debug
 from bridge.admin import AdminServer, Response, health_handlers
 from bridge.config import Config, parse_address
 from bridge.errors import ConfigError
+from bridge.identity.provider import IdentityProvider, ProviderStatus
+from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from bridge.metrics import Metrics
+from bridge.model.diagnostics import Diagnostic
+from bridge.model.ir import Resolved
 from bridge.model.secrets import PrivateKey
-from bridge.pipeline import Pipeline, ResolveFn, SnapshotPublisher
+from bridge.model.world import World
+from bridge.pipeline import BuildStats, Pipeline, ResolveFn, SnapshotPublisher
 from bridge.server.ads import AdsServer
 from bridge.server.cache import AccessPolicy, SnapshotCache
 from bridge.server.listen import ServerTls, XdsServer
 from bridge.store import Store
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN = 3.0  # seconds open xDS streams are still served after SIGTERM
 
 
 class Source(Protocol):
@@ -90,13 +112,20 @@ class Bridge:
         xds_address: str | None = None,
         admin_address: str | None = None,
         resolve: ResolveFn | None = None,
+        drain: float = DEFAULT_DRAIN,
     ) -> None:
         self.config = config
+        self.drain = drain
+        self.draining = False
+        self.started_at = time.time()
         self.store = Store()
         self.sources = list(sources(self.store))
+        self.metrics = Metrics(
+            store=self.store, world=lambda: self.pipeline.world, diagnostics=self.diagnostics
+        )
         allowed = frozenset(config.xds.allowed_node_ids) or None
         self.cache = SnapshotCache(policy=AccessPolicy(allowed_node_ids=allowed))
-        self.ads = AdsServer(self.cache)
+        self.ads = AdsServer(self.cache, observer=self.metrics.xds_observer)
         self.publisher = SnapshotPublisher(self.cache)
         self.pipeline = Pipeline(
             self.store,
@@ -106,6 +135,7 @@ class Bridge:
             max_delay=config.debounce.max_delay_ms / 1000,
             resolve_fn=resolve,
         )
+        self.pipeline.observers.append(self._published)
         tls = _server_tls(config)
         self.xds_servers = [
             XdsServer(self.ads, addr, tls=None if addr.startswith("unix:") else tls)
@@ -118,6 +148,12 @@ class Bridge:
             self.admin = AdminServer(host, port)
             for path, handler in health_handlers(self.readiness).items():
                 self.admin.route(path, handler)
+            self.admin.route("/metrics", self._metrics_page)
+            self.admin.route("/debug", lambda: Response(200, debug.page(self), debug.HTML))
+            self.admin.route(
+                "/debug/snapshot.json",
+                lambda: Response(200, debug.snapshot_json(self), debug.JSON),
+            )
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,6 +164,8 @@ class Bridge:
         return self.xds_servers[0].target
 
     def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining: shutting down, not accepting new xDS streams"
         waiting = sorted(name for name, ok in self.store.sync_state().items() if not ok)
         if waiting:
             return False, f"waiting for the initial sync of: {', '.join(waiting)}"
@@ -136,6 +174,46 @@ class Bridge:
                 return False, f"first snapshot failed to build: {self.pipeline.last_error.message}"
             return False, "waiting for the first snapshot"
         return True, f"ready: {self.pipeline.published} snapshot(s) published"
+
+    def diagnostics(self) -> list[Diagnostic]:
+        """Every diagnostic of the last successful build and of the sources now."""
+        out: set[Diagnostic] = set()
+        if self.pipeline.resolved is not None:
+            out.update(self.pipeline.resolved.diagnostics)
+            for res in self.pipeline.resolved.services.values():
+                out.update(res.diagnostics)
+        if self.pipeline.world is not None:
+            out.update(self.pipeline.world.source_diagnostics)
+        return sorted(out)
+
+    def identities(self) -> list[ProviderStatus]:
+        """The status of every mesh identity provider among the sources."""
+        out = []
+        for source in self.sources:
+            provider = getattr(source, "provider", source)
+            if isinstance(provider, IdentityProvider):
+                out.append(provider.status())
+        return sorted(out, key=lambda s: s.mesh.value)
+
+    def _published(self, world: World, resolved: Resolved, stats: BuildStats) -> None:
+        first = self.pipeline.published == 1
+        self.metrics.builds_seen(self.pipeline.attempts, self.pipeline.builds)
+        self.metrics.snapshot_published(stats, self.publisher.snapshot)
+        log.info(
+            "snapshot %d published (world version %d, %d change(s), built in %.1f ms)",
+            self.pipeline.published,
+            world.version,
+            stats.changed,
+            stats.total_ms,
+            extra={"world_version": world.version, "build_ms": round(stats.total_ms, 3)},
+        )
+        if first:
+            log.info("ready: every source synced and the first snapshot published")
+
+    def _metrics_page(self) -> Response:
+        # Failed builds reach no observer: count them at scrape time too.
+        self.metrics.builds_seen(self.pipeline.attempts, self.pipeline.builds)
+        return Response(200, self.metrics.render(), METRICS_CONTENT_TYPE)
 
     def route(self, path: str, handler: Callable[[], Response]) -> None:
         """Add an admin page (no-op without an admin server)."""
@@ -174,13 +252,26 @@ class Bridge:
         task.add_done_callback(done)
         self._tasks.append(task)
 
-    async def stop(self, grace: float = 1.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, then stop everything (see the module docstring).
+
+        ``grace`` (default: ``drain``) is how long open streams are still
+        served; new streams are refused from the start.
+        """
+        grace = self.drain if grace is None else grace
+        self.draining = True
+        if grace > 0 and self.ads.status():
+            log.info(
+                "draining: refusing new xDS streams, serving %d open stream(s) for %.1fs",
+                len(self.ads.status()),
+                grace,
+            )
+        # Sources and the pipeline keep running meanwhile: open streams still get updates.
+        await asyncio.gather(*(server.stop(grace) for server in self.xds_servers))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for server in self.xds_servers:
-            await server.stop(grace)
         if self.admin is not None:
             await self.admin.stop()
 
@@ -198,3 +289,39 @@ async def wait_ready(bridge: Bridge, timeout: float = 30.0) -> None:  # noqa: AS
             await asyncio.gather(published, failed, return_exceptions=True)
     if bridge.failure is not None:
         raise bridge.failure
+
+
+async def serve_until_signal(
+    app: Bridge, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+) -> bool:
+    """Start ``app``, run until one of ``signals`` or a failure, then drain and stop.
+
+    Returns whether it stopped cleanly (a signal, not a failure).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+        installed.append(sig)
+    try:
+        await app.start()
+        log.info("serving xDS on %s", ", ".join(s.target for s in app.xds_servers))
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(app.failed.wait())
+        try:
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            failed.cancel()
+            await asyncio.gather(stopped, failed, return_exceptions=True)
+            if stop.is_set():
+                log.info("signal received: stopping (drain %.1fs)", app.drain)
+            await app.stop()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if app.failure is not None:
+        return False
+    log.info("stopped")
+    return True

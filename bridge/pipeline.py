@@ -95,6 +95,9 @@ class BuildStats:
     publish_ms: float
     ok: bool
     error: str = ""
+    # Monotonic time (the store's clock) of the earliest source change this build
+    # carries, failed batches included; None when the build carried no change.
+    changed_at: float | None = None
 
     @property
     def total_ms(self) -> float:
@@ -142,6 +145,7 @@ class Pipeline:
         self.last_error: BuildError | None = None
         self.builds: collections.deque[BuildStats] = collections.deque(maxlen=64)
         self._pending: set[ObjectRef] = set()
+        self._pending_since: float | None = None  # the store's changed_at, kept across failures
         self._cond = asyncio.Condition()
         self._logged_error: str | None = None
         # Called after each successful publish with (world, resolved, stats):
@@ -200,8 +204,11 @@ class Pipeline:
 
     def build_once(self) -> bool:
         """Take the store's changes and build; returns whether a snapshot was published."""
+        since = self.store.changed_at
         world, changed = self.store.take()
         self._pending |= changed
+        if since is not None and (self._pending_since is None or since < self._pending_since):
+            self._pending_since = since
         pending = frozenset(self._pending)
         self.attempts += 1
         stage = "resolve"
@@ -228,6 +235,7 @@ class Pipeline:
                     (t3 - t2) * 1000,
                     ok=False,
                     error=message,
+                    changed_at=self._pending_since,
                 )
             )
             if message != self._logged_error:  # log a repeated failure once
@@ -242,6 +250,7 @@ class Pipeline:
             return False
         t3 = self._clock()
         self._pending.clear()
+        changed_at, self._pending_since = self._pending_since, None
         self.world = world
         self.resolved = resolved
         self.translation = translation
@@ -257,6 +266,7 @@ class Pipeline:
             (t2 - t1) * 1000,
             (t3 - t2) * 1000,
             ok=True,
+            changed_at=changed_at,
         )
         self.builds.append(stats)
         for observer in self.observers:

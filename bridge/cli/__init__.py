@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 import bridge
-from bridge.app import Bridge, Source, SourceFactory
+from bridge.app import DEFAULT_DRAIN, Bridge, Source, SourceFactory, serve_until_signal
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError, MeshbridgeError
 from bridge.identity.files import FilesProvider, files_dir
+from bridge.logs import configure as configure_logging
 from bridge.model.ir import Mesh
 from bridge.sources.dir import DirSource
 from bridge.store import Store
@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--xds", metavar="ADDR", help="xDS address (HOST:PORT or unix:PATH)")
     serve.add_argument("--admin", metavar="ADDR", help="admin address (HOST:PORT)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    serve.add_argument(
+        "--drain",
+        type=float,
+        default=DEFAULT_DRAIN,
+        metavar="SECONDS",
+        help=f"on SIGTERM, serve open xDS streams this long (default {DEFAULT_DRAIN:g})",
+    )
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects over ADS")
     boot.add_argument("--xds", metavar="ADDR", required=True, help="the bridge's xDS address")
@@ -182,11 +190,7 @@ def _source_factory(spec: str, config: Config) -> SourceFactory:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     config = load_config(args.config)
     spec = _source_spec(args, config)
     app = Bridge(
@@ -194,34 +198,14 @@ def _serve(args: argparse.Namespace) -> int:
         _source_factory(spec, config),
         xds_address=args.xds,
         admin_address=args.admin,
+        drain=args.drain,
     )
     return asyncio.run(_serve_until_signal(app))
 
 
 async def _serve_until_signal(app: Bridge) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await app.start()
-    log.info(
-        "meshbridge %s serving xDS on %s",
-        bridge.__version__,
-        ", ".join(s.target for s in app.xds_servers),
-    )
-    stopped = asyncio.ensure_future(stop.wait())
-    failed = asyncio.ensure_future(app.failed.wait())
-    try:
-        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        failed.cancel()
-        await asyncio.gather(stopped, failed, return_exceptions=True)
-        await app.stop()
-    if app.failure is not None:
-        return EXIT_FAILED
-    log.info("stopped")
-    return EXIT_OK
+    log.info("meshbridge %s starting", bridge.__version__)
+    return EXIT_OK if await serve_until_signal(app) else EXIT_FAILED
 
 
 # -- bootstrap ---------------------------------------------------------------------
