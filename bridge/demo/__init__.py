@@ -27,6 +27,6 @@ def world_files() -> list[Path]:
 
 def run_demo() -> int:
     """Run the demo; returns the process exit code."""
-    from bridge.demo.plain import main
+    from bridge.demo.flow import main
 
     return main()

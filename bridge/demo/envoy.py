@@ -91,8 +91,11 @@ class DemoEnvoy:
 
     def stats(self) -> dict[str, int]:
         text = self.admin_get("/stats?format=json") or "{}"
+        # Counters and gauges only; text readouts (e.g. a version hash) are left out.
         return {
-            s["name"]: int(s["value"]) for s in json.loads(text).get("stats", []) if "value" in s
+            s["name"]: s["value"]
+            for s in json.loads(text).get("stats", [])
+            if isinstance(s.get("value"), int)
         }
 
     def log_tail(self) -> str:

@@ -32,12 +32,17 @@ and the workloads' certificates, and writes an istio-agent style
 writes are throwaway keys of a local demo CA, playing the agent's role; they
 go to a directory the caller owns (created 0700, files 0600).
 
-Builders do no I/O; only :meth:`DemoMeshCa.write_output_certs` writes.
+Builders do no I/O; only :meth:`DemoMeshCa.write_output_certs` and
+:func:`write_sds_certificate` write (keys 0600 in 0700 directories).
+
+A sidecar's bootstrap may also open an admin port (``admin_port``) so its
+starter can tell when it is ready.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,6 +130,7 @@ def istio_sidecar(
     backend: Backend | None = None,
     address: str = "127.0.0.1",
     max_requests_per_connection: int = 0,
+    admin_port: int | None = None,
 ) -> dict[str, Any]:
     """An Istio-style inbound sidecar: mTLS 1.2-1.3, Istio ALPN only, client cert required."""
     tls = _downstream_tls(cert, trust, min_version="TLSv1_2", alpn=("h2", "http/1.1"))
@@ -143,7 +149,7 @@ def istio_sidecar(
             )
         ],
     }
-    return _bootstrap(name, address, port, [chain], backend)
+    return _bootstrap(name, address, port, [chain], backend, admin_port)
 
 
 def linkerd_sidecar(
@@ -156,6 +162,7 @@ def linkerd_sidecar(
     backend: Backend | None = None,
     address: str = "127.0.0.1",
     max_requests_per_connection: int = 0,
+    admin_port: int | None = None,
 ) -> dict[str, Any]:
     """A Linkerd-style inbound proxy: TLS 1.3 only, SNI must be ``identity``, no ALPN."""
     tls = _downstream_tls(cert, trust, min_version="TLSv1_3", alpn=())
@@ -171,7 +178,7 @@ def linkerd_sidecar(
             )
         ],
     }
-    return _bootstrap(name, address, port, [chain], backend)
+    return _bootstrap(name, address, port, [chain], backend, admin_port)
 
 
 def consul_sidecar(
@@ -184,6 +191,7 @@ def consul_sidecar(
     backend: Backend | None = None,
     address: str = "127.0.0.1",
     max_requests_per_connection: int = 0,
+    admin_port: int | None = None,
 ) -> dict[str, Any]:
     """A Consul Connect public listener: client cert from the Connect CA, intentions as RBAC.
 
@@ -222,7 +230,7 @@ def consul_sidecar(
             ),
         ],
     }
-    return _bootstrap(name, address, port, [chain], backend)
+    return _bootstrap(name, address, port, [chain], backend, admin_port)
 
 
 def _bootstrap(
@@ -231,6 +239,7 @@ def _bootstrap(
     port: int,
     chains: list[dict[str, Any]],
     backend: Backend | None,
+    admin_port: int | None,
 ) -> dict[str, Any]:
     clusters = []
     if backend is not None:
@@ -260,7 +269,7 @@ def _bootstrap(
                 },
             }
         )
-    return {
+    boot: dict[str, Any] = {
         "node": {"id": f"sidecar-{name}", "cluster": "meshbridge-demo"},
         "static_resources": {
             "listeners": [
@@ -274,6 +283,11 @@ def _bootstrap(
             "clusters": clusters,
         },
     }
+    if admin_port is not None:
+        boot["admin"] = {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        }
+    return boot
 
 
 def _downstream_tls(
@@ -440,6 +454,34 @@ class DemoMeshCa:
         _write_atomic(path / CERT_CHAIN, issued.cert_chain_pem.encode())
         _write_atomic(path / KEY, issued.private_key.reveal(), mode=0o600)
         _write_atomic(path / ROOT_CERT, (roots_pem or self.root_pem).encode())
+
+
+SDS_SECRET_TYPE = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+def write_sds_certificate(sds: SdsFile, issued: pki.Issued) -> None:
+    """Write ``issued`` as the Secret ``sds.name`` for Envoy's file-based SDS (0600, by rename).
+
+    This is how a demo sidecar gets its own certificate: like a mesh agent,
+    the demo writes it into a directory only it may read (created 0700); the
+    key never goes into an Envoy bootstrap or onto a command line.
+    """
+    path = Path(sds.path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    doc = {
+        "resources": [
+            {
+                "@type": SDS_SECRET_TYPE,
+                "name": sds.name,
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": issued.cert_chain_pem},
+                    # The demo workload's throwaway key, for its own Envoy only.
+                    "private_key": {"inline_string": issued.private_key.reveal().decode()},
+                },
+            }
+        ]
+    }
+    _write_atomic(path, json.dumps(doc).encode(), mode=0o600)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
