@@ -12,16 +12,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bridge.cli import main as cli_main
-from bridge.demo.meshes import DemoMeshCa
+from bridge.demo.backends import NameServer
+from bridge.demo.flow import Sidecar, demo_config, sidecar_bootstrap, sidecar_certificate
+from bridge.demo.meshes import DemoMeshCa, SdsFile, write_sds_certificate
+from bridge.demo.workloads import load_world, mesh_workloads
 from bridge.model.ir import Mesh
 from tests.e2e.test_demo import REPO, processes_mentioning, table
+from tests.support.wait import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -117,3 +123,26 @@ def test_resolve_shows_sni_san_alpn_and_identity_expiry_of_the_demo_world(
         "mesh.identity.missing",
         "mesh.trust.missing",
     }
+
+
+def test_sidecar_keys_stay_in_private_files_never_in_bootstraps(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    config = demo_config(8080, tmp_path / "mesh-agents")
+    workloads = mesh_workloads(load_world())
+    assert [(w.mesh, w.namespace, w.service, w.identity) for w in workloads] == [
+        (Mesh.ISTIO, "bookstore", "reviews", "bookstore-reviews"),
+        (Mesh.LINKERD, "emojivoto", "voting", "voting"),
+        (Mesh.CONSUL, "payments", "payments", "payments"),
+    ]
+    for workload in workloads:
+        ca = DemoMeshCa(workload.mesh, now=now)
+        side = Sidecar(workload, NameServer(workload.service), port=free_port())
+        cert = SdsFile("server", str(tmp_path / "mesh-agents" / workload.name / "server.json"))
+        issued = sidecar_certificate(side, ca, config, now, impostor=False)
+        write_sds_certificate(cert, issued)
+        path = Path(cert.path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert "PRIVATE KEY" in path.read_text()
+        boot = yaml.safe_dump(sidecar_bootstrap(side, ca, config, cert, admin_port=free_port()))
+        assert "PRIVATE KEY" not in boot and cert.path in boot
