@@ -10,6 +10,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from bridge.errors import ConsistencyError
+from bridge.model.frozen import FrozenDict
 from bridge.server.cache import AccessPolicy, Snapshot, SnapshotCache
 from bridge.server.wire import (
     encode_any,
@@ -188,3 +189,18 @@ def test_building_a_snapshot_leaves_the_collector_as_it_found_it() -> None:
         assert not gc.isenabled()  # an application that runs without it keeps it off
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("reorder", [False, True], ids=["same-order", "reordered"])
+def test_changed_messages_are_found_whatever_the_name_order(reorder: bool) -> None:
+    r1 = world()
+    s1 = Snapshot.from_resources(r1)
+    clas = dict(r1.of(ENDPOINT))
+    clas["b"] = cla("b", [("10.0.0.9", 80)])
+    if reorder:
+        clas = dict(reversed(clas.items()))
+    r2 = Resources(FrozenDict({CLUSTER: r1.of(CLUSTER), ENDPOINT: FrozenDict(clas)}))
+    s2 = Snapshot.from_resources(r2, s1)
+    assert s2.changed == {ENDPOINT: frozenset({"b"})}
+    assert s2.entries(ENDPOINT)["a"] is s1.entries(ENDPOINT)["a"]
+    assert s2.version(ENDPOINT) == Snapshot.from_resources(r2).version(ENDPOINT)
