@@ -5,11 +5,11 @@ lines of inline script for the filter box; no external assets, so it works
 offline and behind a port-forward):
 
 - a summary: ready or not and why, problems counted, last build error;
+- each connected Envoy: per-type ACKed versions against the current
+  snapshot's, NACK count and its last NACK;
 - each Service: routes, resolver, mesh and why, endpoints, TLS settings
   (SNI, SANs verified, ALPN, TLS versions), the identity it presents and its
   expiry, and its diagnostics — Services with problems first;
-- each connected Envoy: per-type ACKed versions against the current
-  snapshot's, NACK count and its last NACK;
 - mesh identities, sources and their sync state, recent build timings and
   the snapshot's types and versions.
 
@@ -179,6 +179,9 @@ border-radius:8px;padding:10px 14px;margin:12px 0}
 .up{border-top:1px dashed var(--line);margin-top:6px;padding-top:6px}
 input#filter{padding:6px 10px;border:1px solid var(--line);border-radius:6px;width:320px}
 a{color:var(--acc)}
+nav{margin-left:auto;display:flex;gap:14px}
+nav a{color:#c5cad3;text-decoration:none;font-size:13px}
+nav a:hover{color:#fff}
 """
 
 _SCRIPT = """
@@ -500,7 +503,11 @@ def page(app: Bridge, now: float | None = None) -> bytes:
         f"<span class='meta'>{e(why)}</span>",
         f"<span class='meta'>version {e(bridge.__version__)} · up {e(_ago(now_s - app.started_at))}"
         f" · world {e(world.version if world else '-')} · rendered "
-        f"{e(now_dt.strftime('%Y-%m-%d %H:%M:%SZ'))}</span></header><main>",
+        f"{e(now_dt.strftime('%Y-%m-%d %H:%M:%SZ'))}</span>",
+        "<nav><a href='#envoys'>Envoys</a><a href='#services'>Services</a>"
+        "<a href='#identities'>Identities</a><a href='#sources'>Sources</a>"
+        "<a href='#builds'>Builds</a><a href='#snapshot'>Snapshot</a>"
+        "<a href='/metrics'>metrics</a></nav></header><main>",
     ]
     out.append("<div class='cards'>")
     out.append(_stat(len(services), "Services shown"))
@@ -517,7 +524,9 @@ def page(app: Bridge, now: float | None = None) -> bytes:
             f"<pre>{e(last_error.message)}</pre></div>"
         )
 
-    out.append("<h2>Services</h2>")
+    out.append("<h2 id='envoys'>Envoys</h2>")
+    out.append(_envoys(app, now_s))
+    out.append("<h2 id='services'>Services</h2>")
     out.append(
         "<p><input id='filter' type='search' placeholder='filter Services…' "
         "aria-label='filter Services'></p>"
@@ -535,17 +544,15 @@ def page(app: Bridge, now: float | None = None) -> bytes:
             "are not shown; <code>meshbridge resolve</code> lists every one.</p>"
         )
     if other:
-        out.append("<h2>Other problems</h2>")
+        out.append("<h2 id='problems'>Other problems</h2>")
         out.append(_diag_items(other, with_ref=True))
-    out.append("<h2>Envoys</h2>")
-    out.append(_envoys(app, now_s))
-    out.append("<h2>Mesh identities</h2>")
+    out.append("<h2 id='identities'>Mesh identities</h2>")
     out.append(_identities(app, now_dt))
-    out.append("<h2>Sources</h2>")
+    out.append("<h2 id='sources'>Sources</h2>")
     out.append(_sources(app))
-    out.append("<h2>Builds</h2>")
+    out.append("<h2 id='builds'>Builds</h2>")
     out.append(_builds(app))
-    out.append("<h2>Snapshot</h2>")
+    out.append("<h2 id='snapshot'>Snapshot</h2>")
     out.append(_snapshot(app))
     out.append(f"</main><script>{_SCRIPT}</script></body></html>")
     return "".join(out).encode()

@@ -181,7 +181,8 @@ class IdentityProvider(abc.ABC):
                 cert_chain_pem=material.cert_chain_pem,
                 private_key=material.private_key,
                 not_after=pki.rfc3339(material.not_after),
-            )
+            ),
+            source=self.source,
         )
         self.mark_synced()
 
@@ -190,7 +191,8 @@ class IdentityProvider(abc.ABC):
         self.trust_pem = bundle_pem
         self.trust_domain = trust_domain
         self.store.put_mesh_secret(
-            TrustSecret(name=self.trust_name, ca_bundle_pem=bundle_pem, trust_domain=trust_domain)
+            TrustSecret(name=self.trust_name, ca_bundle_pem=bundle_pem, trust_domain=trust_domain),
+            source=self.source,
         )
 
     def set_diagnostics(self, diags: tuple[Diagnostic, ...]) -> None:
