@@ -100,7 +100,7 @@ IMPOSTOR_ENV = "MESHBRIDGE_DEMO_IMPOSTOR"
 FIRST_ANSWER_DEADLINE = 20.0  # seconds for the gateway to answer its first route
 ROUTE_GRACE = 3.0  # once one route answers, the config is in: each other route gets this long
 LOAD_RATE = 40.0  # requests per second per route
-LOAD_MIN_REQUESTS = 10  # per route, before the rotation and again after it took effect
+LOAD_MIN_REQUESTS = 25  # per route, before the rotation and again after it took effect
 ROTATION_DEADLINE = 10.0  # seconds for every sidecar to see the gateway's new certificate
 IDENTITY_POLL = 0.1  # seconds between looks at the OUTPUT_CERTS directories
 # Sidecars close a connection after this many requests, so the gateway
@@ -534,7 +534,8 @@ async def run(out: TextIO = sys.stdout, *, impostor: Mesh | None = None) -> int:
             w = side.workload
             print(
                 f"  {w.mesh.value} sidecar for {w.namespace}/{w.service} on 127.0.0.1:{side.port}"
-                f" (identity of {w.identity!r}; {ENFORCES[w.mesh]})"
+                f" ({'Connect service' if w.mesh is Mesh.CONSUL else 'service account'}"
+                f" {w.identity}; {ENFORCES[w.mesh]})"
                 + (
                     "  [IMPOSTOR: holds another workload's certificate]"
                     if impostor is w.mesh
