@@ -9,9 +9,17 @@ The CLI turns that into exit code 2.
 Every key is optional; an empty file (or no file) gives the defaults below.
 Consul's standard environment variables (``CONSUL_HTTP_ADDR``,
 ``CONSUL_HTTP_TOKEN``, ``CONSUL_HTTP_TOKEN_FILE``, ``CONSUL_HTTP_SSL``,
-``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT``, ``CONSUL_CLIENT_KEY``) supply
+``CONSUL_HTTP_SSL_VERIFY``, ``CONSUL_CACERT``, ``CONSUL_CLIENT_CERT``,
+``CONSUL_CLIENT_KEY``, ``CONSUL_NAMESPACE``, ``CONSUL_PARTITION``) supply
 defaults for the ``consul`` section, as Consul's own tools do; the file
-overrides them.
+overrides them. This is the one place they are read: the Consul adapter is
+given explicit values.
+
+A mesh is *configured* when its identity mode is set (``istio.identity``,
+``linkerd.mode``, ``consul.connect``); only then does ``serve`` obtain an
+identity for it. A Service that needs the identity of a mesh that is not
+configured is left out with a diagnostic naming the key to set — never sent
+plaintext.
 
 Secrets (the Consul token) are held as :class:`SecretBytes` so they never
 print. This module reads the config file, a token file and the environment;
@@ -87,7 +95,7 @@ def _check_positive(value: Any) -> str | None:
 
 def _modes(*fixed: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if value in fixed:
+        if value in fixed or value == "":  # "": not configured (no identity for this mesh)
             return None
         if value.startswith("files:") and len(value) > len("files:"):
             return None
@@ -168,17 +176,32 @@ class KubernetesConfig:
     context: str = ""
 
 
+# Consul's own default datacenter name: used for Connect names (SNI, SPIFFE)
+# when consul.datacenter is not set.
+CONSUL_DEFAULT_DATACENTER = "dc1"
+
+
 @dataclass(frozen=True, slots=True)
 class ConsulConfig:
     address: str = _checked("127.0.0.1:8500", _check_address)
     scheme: str = _checked("http", _one_of("http", "https"))
-    datacenter: str = "dc1"
+    # "": the agent's own datacenter (no ?dc= on agent-wide queries); Connect
+    # names then use dc1, Consul's default. Set it when the datacenter is not dc1.
+    datacenter: str = ""
     token: SecretBytes | None = None
     token_file: str = ""
     tls: TlsFiles = TlsFiles()
+    # Verify the agent's certificate (https); CONSUL_HTTP_SSL_VERIFY=false turns it off.
+    tls_verify: bool = True
     namespace: str = ""  # Consul Enterprise only; "" = not sent
     partition: str = ""  # Consul Enterprise only; "" = not sent
+    # Obtain the gateway's Connect identity (leaf for identity_service) and check
+    # intentions: needed for Services with mesh consul.
+    connect: bool = False
     identity_service: str = "meshbridge"
+    # How often the intention check asks Consul again (intentions change
+    # without touching the catalog).
+    intention_check_interval_ms: int = _checked(60_000, _check_positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +211,14 @@ class IstioConfig:
     ca_server_name: str = "istiod.istio-system.svc"
     trust_domain: str = "cluster.local"
     cluster_id: str = "Kubernetes"
-    identity: str = _checked("ca", _modes("ca"))
+    # "" (not configured) | ca (a CSR to istiod) | files:DIR (istio-agent OUTPUT_CERTS).
+    identity: str = _checked("", _modes("ca"))
+    # ca mode: a projected service-account token (audience istio-ca) read on each
+    # request; "" = a TokenRequest through the Kubernetes API.
+    token_file: str = ""
+    # ca mode: istiod's roots as a PEM file; "" = ConfigMap istio-ca-root-cert
+    # (key root-cert.pem) in gateway.namespace.
+    roots_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +227,25 @@ class LinkerdConfig:
     identity_address: str = _checked("", _check_optional_address)
     namespace: str = "linkerd"
     trust_domain: str = "cluster.local"
-    mode: str = _checked("ca", _modes("ca", "sidecar"))
+    # "" (not configured) | ca (Certify to Linkerd identity) | sidecar (the gateway
+    # pod is meshed) | files:DIR.
+    mode: str = _checked("", _modes("ca", "sidecar"))
+    # ca mode: a projected service-account token (audience identity.l5d.io);
+    # "" = a TokenRequest through the Kubernetes API.
+    token_file: str = ""
+    # ca mode: the trust anchors as a PEM file; "" = ConfigMap
+    # linkerd-identity-trust-roots (key ca-bundle.crt) in linkerd.namespace.
+    roots_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ToConsulConfig:
-    """Kubernetes Services → Consul catalog (consul-k8s compatible shapes)."""
+    """Kubernetes Services → Consul catalog (consul-k8s compatible shapes).
+
+    Registrations live on the synthetic node ``node_name`` and carry ``tag``;
+    meshbridge only ever changes or removes services on its own node with its
+    own tag. Each cluster syncing into one Consul needs its own node name.
+    """
 
     enabled: bool = False
     node_name: str = "k8s-sync"
@@ -271,6 +314,16 @@ class Config:
     debounce: DebounceConfig = DebounceConfig()
     dir_source: DirSourceConfig = DirSourceConfig()
 
+    def mesh_configured(self, mesh: Mesh) -> bool:
+        """Whether the config sets an identity mode for ``mesh`` (``none`` always is)."""
+        if mesh is Mesh.ISTIO:
+            return bool(self.istio.identity)
+        if mesh is Mesh.LINKERD:
+            return bool(self.linkerd.mode)
+        if mesh is Mesh.CONSUL:
+            return self.consul.connect
+        return mesh is Mesh.NONE
+
     def resolve_settings(self) -> ResolveSettings:
         """The settings the pure core (``resolve``) needs."""
         return ResolveSettings(
@@ -282,7 +335,8 @@ class Config:
                 for lc in self.gateway.listeners
             ),
             # Every mesh's upstream TLS is built; a mesh whose identity is not
-            # (yet) available gets a diagnostic per Service, never plaintext.
+            # (yet) available — or not configured — gets a diagnostic per
+            # Service naming the key to set, never plaintext.
             supported_meshes=frozenset({Mesh.NONE, Mesh.ISTIO, Mesh.LINKERD, Mesh.CONSUL}),
             istio=IstioSettings(trust_domain=self.istio.trust_domain),
             linkerd=LinkerdSettings(
@@ -291,7 +345,7 @@ class Config:
                 mode=self.linkerd.mode,
             ),
             consul=ConsulSettings(
-                datacenter=self.consul.datacenter,
+                datacenter=self.consul.datacenter or CONSUL_DEFAULT_DATACENTER,
                 namespace=self.consul.namespace,
                 partition=self.consul.partition,
                 identity_service=self.consul.identity_service,
@@ -352,8 +406,17 @@ def _consul_env_defaults(section: Any, env: Mapping[str, str]) -> Any:
                 addr = addr[len(scheme) + 3 :]
                 out.setdefault("scheme", scheme)
         out["address"] = addr.rstrip("/")
-    if env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true", "yes"):
-        out.setdefault("scheme", "https")
+    # As in Consul's CLI, CONSUL_HTTP_SSL decides the scheme over the address's.
+    ssl_flag = env.get("CONSUL_HTTP_SSL", "").strip().lower()
+    if "scheme" not in section and ssl_flag in ("1", "t", "true", "yes"):
+        out["scheme"] = "https"
+    elif "scheme" not in section and ssl_flag in ("0", "f", "false", "no"):
+        out["scheme"] = "http"
+    if env.get("CONSUL_HTTP_SSL_VERIFY", "").strip().lower() in ("0", "f", "false", "no"):
+        out.setdefault("tls_verify", False)
+    for var, key in (("CONSUL_NAMESPACE", "namespace"), ("CONSUL_PARTITION", "partition")):
+        if env.get(var, "").strip():
+            out.setdefault(key, env[var].strip())
     if env.get("CONSUL_HTTP_TOKEN") and "token" not in out and "token_file" not in out:
         out["token"] = env["CONSUL_HTTP_TOKEN"]
     if env.get("CONSUL_HTTP_TOKEN_FILE") and "token" not in out:

@@ -163,3 +163,35 @@ def test_the_example_config_documents_every_key_with_its_default() -> None:
     assert load_config(example, env={}) == Config()
     documented = _yaml_paths(yaml.safe_load(example.read_text())) | {"consul.token"}
     assert documented == _paths(Config)
+
+
+def test_more_consul_environment_and_the_agents_datacenter() -> None:
+    env = {
+        "CONSUL_HTTP_ADDR": "https://consul.example:8501",
+        "CONSUL_HTTP_SSL": "false",  # decides over the address's scheme, as in Consul's CLI
+        "CONSUL_HTTP_SSL_VERIFY": "false",
+        "CONSUL_NAMESPACE": "team-a",
+        "CONSUL_PARTITION": "p1",
+    }
+    config = config_from_dict({}, env=env)
+    c = config.consul
+    assert (c.scheme, c.tls_verify, c.namespace, c.partition) == ("http", False, "team-a", "p1")
+    assert config_from_dict({"consul": {"scheme": "https"}}, env=env).consul.scheme == "https"
+    # No datacenter set: no ?dc= for agent-wide queries; Connect names use Consul's default.
+    assert c.datacenter == ""
+    assert config.resolve_settings().consul.datacenter == "dc1"
+
+
+def test_a_mesh_is_configured_only_when_its_identity_mode_is_set() -> None:
+    assert [m for m in Mesh if Config().mesh_configured(m)] == [Mesh.NONE]
+    config = config_from_dict(
+        {
+            "istio": {"identity": "ca", "token_file": "/t", "roots_file": "/r"},
+            "linkerd": {"mode": "sidecar"},
+            "consul": {"connect": True},
+        },
+        env={},
+    )
+    assert all(config.mesh_configured(m) for m in Mesh if m is not Mesh.AUTO)
+    # Unconfigured meshes are still resolved (and diagnosed), never sent plaintext.
+    assert Mesh.ISTIO in Config().resolve_settings().supported_meshes
