@@ -52,6 +52,8 @@ def identity_fix(mesh: Mesh) -> str:
             "check consul.address and that the token may write service "
             "consul.identity_service in the config file"
         )
+    if mesh is Mesh.LINKERD:
+        return "configure linkerd.mode (ca, sidecar or files:DIR) in the config file"
     return f"configure {mesh.value}.identity (ca or files:DIR) in the config file"
 
 

@@ -296,7 +296,10 @@ def _secret_diags(
     mesh: Mesh, ref: ObjectRef, secrets: Mapping[SecretName, Secret]
 ) -> tuple[Diagnostic, ...]:
     out: list[Diagnostic] = []
-    config = f"{mesh.value}.identity" if mesh is not Mesh.CONSUL else "consul.address"
+    config = {
+        Mesh.ISTIO: "istio.identity (ca or files:DIR)",
+        Mesh.LINKERD: "linkerd.mode (ca, sidecar or files:DIR)",
+    }.get(mesh, "consul.address")
     if identity_secret(mesh) not in secrets:
         out.append(
             _diag(

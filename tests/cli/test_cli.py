@@ -49,7 +49,15 @@ def test_resolve_table_shows_the_bad_service_and_resolves_the_others(
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["SERVICE", "ROUTES", "RESOLVER"]
     rows = {line.split()[0]: line for line in lines[1:] if line and not line.startswith(" ")}
-    assert set(rows) == {"blog/blog", "shop/api", "shop/legacy", "shop/web"}  # not shop/db
+    assert set(rows) == {
+        "blog/blog",
+        "shop/api",
+        "shop/legacy",
+        "shop/web",
+        "bookstore/reviews",
+        "emojivoto/voting",
+        "payments/payments",
+    }  # not shop/db
     assert (
         "shop.example.com/" in rows["shop/web"]
         and "2: 10.244.1.12:8080, 10.244.2.7:8080" in (rows["shop/web"])

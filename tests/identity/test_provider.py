@@ -102,7 +102,7 @@ async def test_first_failure_still_marks_synced() -> None:
         assert store.synced
         (diag,) = prov.status().diagnostics
         assert diag.code == "identity.unavailable"
-        assert "linkerd.identity" in diag.fix
+        assert "linkerd.mode" in diag.fix
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
