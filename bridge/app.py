@@ -150,10 +150,7 @@ class Bridge:
                 self.admin.route(path, handler)
             self.admin.route("/metrics", self._metrics_page)
             self.admin.route("/debug", lambda: Response(200, debug.page(self), debug.HTML))
-            self.admin.route(
-                "/debug/snapshot.json",
-                lambda: Response(200, debug.snapshot_json(self), debug.JSON),
-            )
+            self.admin.route("/debug/snapshot.json", self._snapshot_page)
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -209,6 +206,12 @@ class Bridge:
         )
         if first:
             log.info("ready: every source synced and the first snapshot published")
+
+    async def _snapshot_page(self) -> Response:
+        # Seconds of json_format at 10k clusters (bench/admin_pages.py): off the loop
+        # that serves xDS. Snapshots and Worlds are immutable, so a thread may read them.
+        body = await asyncio.to_thread(debug.snapshot_json, self)
+        return Response(200, body, debug.JSON)
 
     def _metrics_page(self) -> Response:
         # Failed builds reach no observer: count them at scrape time too.

@@ -21,7 +21,8 @@ private key — never key bytes. Any field named like key material
 
 Every value interpolated into the page goes through :func:`html.escape`.
 This module only reads the bridge's state; it changes nothing and does no
-I/O of its own.
+I/O of its own. :func:`snapshot_json` takes seconds at 10k clusters
+(``bench/admin_pages.py``), so the bridge runs it in a worker thread.
 """
 
 from __future__ import annotations
@@ -656,6 +657,8 @@ def _secret_sources(secrets: Mapping[SecretName, Secret]) -> Iterator[dict[str, 
 
 def snapshot_json(app: Bridge) -> bytes:
     """``/debug/snapshot.json``: the current snapshot, key material redacted."""
+    # Read each reference once: this may run in a worker thread while the loop
+    # publishes (the objects themselves are immutable).
     snap = app.publisher.snapshot
     world = app.pipeline.world
     doc: dict[str, Any] = {

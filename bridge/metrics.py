@@ -7,29 +7,34 @@ the demo — keep separate figures. ``/metrics`` renders it with
 
 What is measured, and where it comes from:
 
-==========================================================  =========  ==========================
-name                                                        type       from
-==========================================================  =========  ==========================
-``meshbridge_source_synced{source}``                        gauge      the store, at scrape
-``meshbridge_source_events_total{source,operation}``        counter    the store, at scrape
-``meshbridge_snapshot_build_duration_seconds{stage}``       histogram  every build, failed too
-``meshbridge_snapshot_builds_total{result}``                counter    every build (ok, error)
-``meshbridge_snapshot_build_failing``                       gauge      1 while the last failed
-``meshbridge_snapshots_published_total``                    counter    successful publishes
-``meshbridge_world_version``                                gauge      the last published World
-``meshbridge_snapshot_resources{type}``                     gauge      the last snapshot
-``meshbridge_snapshot_version_info{type,version}``          gauge (1)  the last snapshot
-``meshbridge_diagnostics{severity}``                        gauge      the last resolve + sources
-``meshbridge_xds_connected_envoys``                         gauge      distinct connected nodes
-``meshbridge_xds_streams{mode}``                            gauge      open ADS streams
-``meshbridge_xds_responses_total{type}``                    counter    responses sent
-``meshbridge_xds_response_bytes_total{type}``               counter    bytes sent
-``meshbridge_xds_acks_total{type}``                         counter    ACKs received
-``meshbridge_xds_nacks_total{type}``                        counter    NACKs received
-``meshbridge_xds_change_to_ack_seconds{type}``              histogram  see below
-``meshbridge_identity_cert_expiry_timestamp_seconds{identity}``  gauge  mesh identities, at scrape
-``meshbridge_catalog_sync_writes_total{target,operation}``  counter    :meth:`record_catalog_writes`
-==========================================================  =========  ==========================
+- ``meshbridge_source_synced{source}`` (gauge): 1 once the source finished
+  its initial sync; read from the store at scrape time.
+- ``meshbridge_source_events_total{source,operation}`` (counter): changes a
+  source applied to the store (``upsert``, ``delete``, ``diagnostics``);
+  equal values are no-ops and not counted. From the store, at scrape time.
+- ``meshbridge_snapshot_build_duration_seconds{stage}`` (histogram):
+  ``resolve``, ``translate``, ``publish`` and ``total`` of every build,
+  failed ones included; ``meshbridge_snapshot_builds_total{result}`` counts
+  them (``ok``, ``error``) and ``meshbridge_snapshot_build_failing`` is 1
+  while the last one failed (the last good snapshot stays live).
+- ``meshbridge_snapshots_published_total``, ``meshbridge_world_version``,
+  ``meshbridge_snapshot_resources{type}`` and
+  ``meshbridge_snapshot_version_info{type,version}`` (always 1): the last
+  published snapshot.
+- ``meshbridge_diagnostics{severity}`` (gauge): problems of the last build
+  and of the sources.
+- ``meshbridge_xds_connected_envoys`` (distinct node ids with an open
+  stream) and ``meshbridge_xds_streams{mode}`` (gauges);
+  ``meshbridge_xds_responses_total{type}``,
+  ``meshbridge_xds_response_bytes_total{type}``,
+  ``meshbridge_xds_acks_total{type}`` and ``meshbridge_xds_nacks_total{type}``
+  (counters), from the ADS server's observer hooks.
+- ``meshbridge_xds_change_to_ack_seconds{type}`` (histogram): see below.
+- ``meshbridge_identity_cert_expiry_timestamp_seconds{identity}`` (gauge,
+  seconds since the epoch): the gateway's certificate per mesh identity
+  (``identity/istio``...), from the mesh secrets of the last World.
+- ``meshbridge_catalog_sync_writes_total{target,operation}`` (counter):
+  reported by catalog sync through :meth:`Metrics.record_catalog_writes`.
 
 ``type`` is the xDS type's short name: ``listener``, ``route``, ``cluster``,
 ``endpoint``, ``secret``.
