@@ -1,8 +1,14 @@
-"""The ``meshbridge`` command: serve, bootstrap, resolve, version, demo.
+"""The ``meshbridge`` command: serve, bootstrap, resolve, sync-catalog, version, demo.
 
 This is the one place where ``bridge`` and ``adapters`` meet: the CLI picks
-the source (``dir:PATH`` here, ``kubernetes`` from ``adapters.kubernetes``)
-and hands it to :class:`bridge.app.Bridge`.
+the source (``dir:PATH`` here, ``kubernetes`` from ``adapters.kubernetes``),
+adds the mesh identity providers and the Consul part the config turns on
+(:mod:`bridge.cli.wiring`) and hands them to :class:`bridge.app.Bridge`.
+
+Catalog sync writes only while this replica leads: with the directory source
+there is one replica by definition (:class:`bridge.leader.AlwaysLeader`);
+with the Kubernetes source the Lease from the Kubernetes adapter when this
+build has it.
 
 Exit codes: 0 success (``resolve`` exits 0 even when Services have
 diagnostics — they are the output), 1 a runtime failure, 2 a usage or
@@ -18,12 +24,24 @@ import sys
 from collections.abc import Sequence
 
 import bridge
+from adapters.consul.client import ConsulClient
 from bridge.app import DEFAULT_DRAIN, Bridge, Source, SourceFactory, serve_until_signal
+from bridge.cli.wiring import (
+    ConsulPart,
+    IdentitySource,
+    ca_identity_providers,
+    consul_client_settings,
+    kubernetes_writer,
+    roots_from_objects,
+)
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError, MeshbridgeError
 from bridge.identity.files import FilesProvider, files_dir
+from bridge.leader import AlwaysLeader, LeaderGate
 from bridge.logs import configure as configure_logging
-from bridge.model.ir import Mesh
+from bridge.model.diagnostics import Diagnostic
+from bridge.model.ir import Mesh, Resolved
+from bridge.model.world import World
 from bridge.sources.dir import DirSource
 from bridge.store import Store
 
@@ -71,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--output", "-o", choices=["table", "json"], default="table")
     res.add_argument("services", nargs="*", metavar="NS/SVC", help="only these (or NS for all)")
 
+    res.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for each mesh CA and for Consul (default 10)",
+    )
+
+    cat = sub.add_parser("sync-catalog", help="sync the Consul catalog once (see catalog_sync)")
+    _source_args(cat)
+    cat.add_argument(
+        "--dry-run", action="store_true", help="print the plan, write nothing to Consul"
+    )
+
     sub.add_parser("version", help="print the version")
 
     sub.add_parser("demo", help="run the embedded demo (needs envoy on PATH)")
@@ -93,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bootstrap(args)
         if args.command == "resolve":
             return _resolve(args)
+        if args.command == "sync-catalog":
+            from bridge.cli.catalog import sync_catalog
+
+            return sync_catalog(args)
         if args.command == "version":
             print(f"meshbridge {bridge.__version__}")
             return EXIT_OK
@@ -142,17 +178,6 @@ class _KubernetesSource:
         await self._run(self.store, self.config, asyncio.Event())
 
 
-class _IdentitySource:
-    """An identity provider as a :class:`bridge.app.Source`."""
-
-    def __init__(self, provider: FilesProvider) -> None:
-        self.provider = provider
-        self.name = provider.source
-
-    async def run(self) -> None:
-        await self.provider.run()
-
-
 def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
     """The providers of the gateway's mesh identities that this build can run.
 
@@ -171,9 +196,37 @@ def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
     return out
 
 
-def _source_factory(spec: str, config: Config) -> SourceFactory:
+def leader_gate(spec: str, config: Config) -> LeaderGate:
+    """Who may write the catalog: one replica with the directory source; else the Lease."""
+    if spec != "kubernetes":
+        return AlwaysLeader()
+    sync = config.catalog_sync
+    if sync.to_consul.enabled or sync.to_kubernetes.enabled:
+        log.warning(
+            "catalog sync without leader election (no Lease support in this build): "
+            "run a single replica of meshbridge serve"
+        )
+    return AlwaysLeader()
+
+
+def _source_factory(
+    spec: str, config: Config, consul_parts: list[ConsulPart] | None = None
+) -> SourceFactory:
     def factory(store: Store) -> list[Source]:
-        sources: list[Source] = [_IdentitySource(p) for p in identity_providers(store, config)]
+        sources: list[Source] = [IdentitySource(p) for p in identity_providers(store, config)]
+        client = ConsulClient(consul_client_settings(config))
+        for provider in ca_identity_providers(store, config, client):
+            wait = store if roots_from_objects(provider) else None
+            sources.append(IdentitySource(provider, store=wait))
+        writer = (
+            kubernetes_writer(config)
+            if spec == "kubernetes" and config.catalog_sync.to_kubernetes.enabled
+            else None
+        )
+        consul = ConsulPart(store, config, client, leader=leader_gate(spec, config), writer=writer)
+        sources.append(consul)
+        if consul_parts is not None:
+            consul_parts.append(consul)
         if spec == "kubernetes":
             return [*sources, _KubernetesSource(store, config)]
         dir_source = DirSource(
@@ -193,13 +246,16 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     config = load_config(args.config)
     spec = _source_spec(args, config)
+    consul_parts: list[ConsulPart] = []
     app = Bridge(
         config,
-        _source_factory(spec, config),
+        _source_factory(spec, config, consul_parts),
         xds_address=args.xds,
         admin_address=args.admin,
         drain=args.drain,
     )
+    for part in consul_parts:
+        app.pipeline.observers.append(part.observe)
     return asyncio.run(_serve_until_signal(app))
 
 
@@ -231,26 +287,18 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 def _resolve(args: argparse.Namespace) -> int:
     from bridge.cli.show import other_diagnostics, render_json, render_table, rows
-    from bridge.pipeline import default_resolve
 
     for sel in args.services:
         ns, _, name = sel.partition("/")
         if not ns or "/" in name:
             raise UsageError(f"{sel!r}: expected NS/SVC or NS")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be greater than 0")
     config = load_config(args.config)
     spec = _source_spec(args, config)
-    store = Store()
-    if spec == "kubernetes":
-        asyncio.run(_load_kubernetes_once(store, config))
-    else:
-        path = spec.removeprefix("dir:")
-        DirSource(store, path).load()
-    for provider in identity_providers(store, config):
-        provider.poll()  # load the identity once, for its expiry and the SANs it implies
-    world, changed = store.take()
-    resolved = default_resolve()(world, config.resolve_settings(), None, changed)
+    world, resolved, problems = asyncio.run(_resolve_once(spec, config, args.timeout))
     table = rows(resolved, args.services)
-    extra = other_diagnostics(resolved, world.source_diagnostics)
+    extra = sorted({*other_diagnostics(resolved, world.source_diagnostics), *problems})
     if args.output == "json":
         sys.stdout.write(render_json(table, extra))
     else:
@@ -258,6 +306,42 @@ def _resolve(args: argparse.Namespace) -> int:
     if args.services and not table:
         print(f"meshbridge: no Service matches {' '.join(args.services)}", file=sys.stderr)
     return EXIT_OK
+
+
+async def load_objects(store: Store, spec: str, config: Config) -> None:
+    """Load the Kubernetes objects once: list the cluster, or read the directory."""
+    if spec == "kubernetes":
+        await _load_kubernetes_once(store, config)
+    else:
+        DirSource(store, spec.removeprefix("dir:")).load()
+
+
+async def _resolve_once(
+    spec: str, config: Config, limit_s: float
+) -> tuple[World, Resolved, list[Diagnostic]]:
+    """Objects, identities and Consul instances read once (each bounded), then resolved."""
+    from bridge.cli.wiring import consul_once, issue_once
+    from bridge.pipeline import default_resolve
+
+    store = Store()
+    await load_objects(store, spec, config)
+    for files in identity_providers(store, config):
+        files.poll()  # load the identity once, for its expiry and the SANs it implies
+    settings = config.resolve_settings()
+    resolve = default_resolve()
+    async with ConsulClient(consul_client_settings(config)) as client:
+        providers = ca_identity_providers(store, config, client)
+        problems = [
+            d
+            for found in await asyncio.gather(*(issue_once(p, limit_s) for p in providers))
+            for d in found
+        ]
+        world, changed = store.take()
+        resolved = resolve(world, settings, None, changed)
+        if await consul_once(store, config, client, world, resolved, limit_s, problems):
+            world, changed = store.take()
+            resolved = resolve(world, settings, resolved, changed)
+    return world, resolved, problems
 
 
 async def _load_kubernetes_once(store: Store, config: Config, timeout: float = 30.0) -> None:  # noqa: ASYNC109

@@ -1,0 +1,516 @@
+"""The mesh adapters, built from the config file for ``serve``, ``resolve`` and ``sync-catalog``.
+
+This is where ``bridge`` meets ``adapters`` (with :mod:`bridge.cli`): the
+config file's values become the adapters' explicit settings here — the
+adapters read no environment (Consul's ``CONSUL_*`` variables are read once,
+by :mod:`bridge.config`).
+
+What a config turns on:
+
+- ``istio.identity: ca`` — :class:`adapters.istio.ca.IstioCaProvider`: a CSR to
+  istiod with the gateway's token (``istio.token_file``, else TokenRequest),
+  roots from ``istio.roots_file`` or ConfigMap ``istio-ca-root-cert`` in
+  ``gateway.namespace``;
+- ``linkerd.mode: ca`` — :class:`adapters.linkerd.identity.LinkerdIdentityProvider`
+  (``linkerd.token_file``; anchors from ``linkerd.roots_file`` or ConfigMap
+  ``linkerd-identity-trust-roots`` in ``linkerd.namespace``); ``sidecar``
+  needs no provider; ``files:DIR`` is :class:`bridge.identity.files.FilesProvider`;
+- always — :class:`ConsulPart`: Consul discovery for Services with resolver
+  ``consul`` (no request at all while none has it); with ``consul.connect``
+  the Connect leaf (:class:`adapters.consul.connect.ConnectIdentityProvider`,
+  its own source) and the intention check; with ``catalog_sync`` the syncers.
+
+Start-up order, so that nothing is published half-known: a provider whose
+roots come from a ConfigMap starts once the object sources (``dir:``,
+``kubernetes:``) have synced; Consul discovery resolves the first complete
+World once to learn which Consul services it references, watches those, and
+counts as synced after each watch's first attempt, answer or error — an
+unreachable Consul delays readiness by one failed request (at most the
+client's 30 s read timeout), never forever, and leaves a diagnostic on each
+Consul service. After that a pipeline observer (:meth:`ConsulPart.observe`)
+feeds every published World to the watch set, the intention check and the
+syncers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from adapters.consul.client import ConsulClient
+from adapters.consul.connect import ConnectIdentityProvider, IntentionChecker
+from adapters.consul.discovery import SOURCE as DISCOVERY_SOURCE
+from adapters.consul.discovery import ConsulDiscovery
+from adapters.consul.settings import ConsulClientSettings
+from adapters.consul.sync import (
+    CatalogSyncSettings,
+    ExternalNameService,
+    ServiceWriter,
+    ToConsulSyncer,
+    ToKubernetesSyncer,
+)
+from adapters.istio.ca import IstioCaProvider, IstioCaSettings, IstioRoots
+from adapters.linkerd.identity import (
+    LinkerdIdentityProvider,
+    LinkerdIdentitySettings,
+    LinkerdRoots,
+)
+from bridge.config import Config
+from bridge.errors import ConfigError, MeshbridgeError
+from bridge.identity.provider import (
+    CaIdentityProvider,
+    IdentityMaterial,
+    IdentityProvider,
+    identity_fix,
+)
+from bridge.identity.tokens import (
+    ISTIO_CA_AUDIENCE,
+    LINKERD_AUDIENCE,
+    FileTokenSource,
+    TokenSource,
+)
+from bridge.leader import LeaderGate
+from bridge.model.consul import ConsulServiceKey
+from bridge.model.diagnostics import Diagnostic, Severity
+from bridge.model.ir import Mesh, Resolved, Resolver
+from bridge.model.k8s import K8sService, Kind, ObjectRef
+from bridge.model.settings import ResolveSettings
+from bridge.model.world import World
+from bridge.pipeline import default_resolve
+from bridge.resolve.annotations import parse_service
+from bridge.resolve.service import consul_key
+from bridge.store import Store
+
+log = logging.getLogger("bridge.cli")
+
+# Start-up only: how often to look whether the object sources have synced.
+_SYNC_POLL_S = 0.02
+OBJECT_SOURCE_PREFIXES = ("kubernetes", "dir:")
+
+
+# -- settings from the config ------------------------------------------------------
+
+
+def consul_client_settings(config: Config) -> ConsulClientSettings:
+    """The Consul adapter's settings: the config's values (environment already applied)."""
+    c = config.consul
+    if c.tls.server_name:
+        raise ConfigError(
+            "not supported for Consul: the agent's certificate is verified against "
+            "the address's host; leave it empty",
+            "consul.tls.server_name",
+        )
+    if bool(c.tls.cert_file) != bool(c.tls.key_file):
+        raise ConfigError(
+            "a client certificate needs both cert_file and key_file "
+            "(or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)",
+            "consul.tls.cert_file" if not c.tls.cert_file else "consul.tls.key_file",
+        )
+    return ConsulClientSettings().with_overrides(
+        address=c.address,
+        scheme=c.scheme,
+        token=c.token,
+        ca_file=c.tls.ca_file or None,
+        cert_file=c.tls.cert_file or None,
+        key_file=c.tls.key_file or None,
+        verify=c.tls_verify,
+        datacenter=c.datacenter,
+        namespace=c.namespace,
+        partition=c.partition,
+    )
+
+
+def catalog_sync_settings(config: Config) -> CatalogSyncSettings:
+    cs = config.catalog_sync
+    tc, tk = cs.to_consul, cs.to_kubernetes
+    return CatalogSyncSettings(
+        to_consul=tc.enabled,
+        to_kubernetes=tk.enabled,
+        node_name=tc.node_name,
+        tag=tc.tag,
+        prefix=tc.prefix,
+        namespace_suffix=tc.namespace_suffix,
+        default_sync=tc.default_sync,
+        allow_namespaces=tc.allow_namespaces,
+        deny_namespaces=tc.deny_namespaces,
+        sync_cluster_ip_services=tc.sync_cluster_ip_services,
+        node_port_sync_type=tc.node_port_sync_type,
+        k8s_namespace=tk.namespace,
+        k8s_prefix=tk.prefix,
+        consul_domain=tk.consul_domain,
+        debounce_s=cs.debounce_ms / 1000,
+    )
+
+
+def token_source(path: str, audience: str, key: str) -> TokenSource:
+    """The gateway's service-account token for ``audience``: a projected file, else TokenRequest."""
+    if path:
+        return FileTokenSource(path, audience)
+    raise ConfigError(
+        f"set a projected service-account token file (audience {audience}): "
+        "TokenRequest through the Kubernetes API is not available in this build",
+        key,
+    )
+
+
+# -- identity providers ----------------------------------------------------------------
+
+
+def ca_identity_providers(
+    store: Store, config: Config, consul: ConsulClient | None = None
+) -> list[IdentityProvider]:
+    """The CA-backed providers the config turns on (Istio ``ca``, Linkerd ``ca``, Connect)."""
+    out: list[IdentityProvider] = []
+    if config.istio.identity == "ca":
+        ic = config.istio
+        out.append(
+            IstioCaProvider(
+                store,
+                token_source(ic.token_file, ISTIO_CA_AUDIENCE, "istio.token_file"),
+                IstioRoots.file(ic.roots_file)
+                if ic.roots_file
+                else IstioRoots.config_map(store, config.gateway.namespace),
+                IstioCaSettings(
+                    address=ic.ca_address,
+                    server_name=ic.ca_server_name,
+                    trust_domain=ic.trust_domain,
+                    cluster_id=ic.cluster_id,
+                    namespace=config.gateway.namespace,
+                    service_account=config.gateway.service_account,
+                ),
+            )
+        )
+    if config.linkerd.mode == "ca":
+        lc = config.linkerd
+        out.append(
+            LinkerdIdentityProvider(
+                store,
+                token_source(lc.token_file, LINKERD_AUDIENCE, "linkerd.token_file"),
+                LinkerdRoots.file(lc.roots_file)
+                if lc.roots_file
+                else LinkerdRoots.config_map(store, lc.namespace),
+                LinkerdIdentitySettings(
+                    address=lc.identity_address,
+                    namespace=lc.namespace,
+                    trust_domain=lc.trust_domain,
+                    cluster_domain=config.cluster_domain,
+                    gateway_namespace=config.gateway.namespace,
+                    service_account=config.gateway.service_account,
+                ),
+            )
+        )
+    if config.consul.connect and consul is not None:
+        out.append(ConnectIdentityProvider(consul, store, service=config.consul.identity_service))
+    return out
+
+
+def roots_from_objects(provider: IdentityProvider) -> bool:
+    """Whether the provider reads its roots from a ConfigMap (so waits for the object sources)."""
+    roots = getattr(provider, "roots", None)
+    return isinstance(roots, IstioRoots | LinkerdRoots) and not roots.path
+
+
+async def objects_synced(store: Store) -> None:
+    """Return once every object source (``dir:``, ``kubernetes:``) has finished its first list."""
+    while True:
+        state = store.sync_state()
+        objects = [ok for name, ok in state.items() if name.startswith(OBJECT_SOURCE_PREFIXES)]
+        if all(objects):
+            return
+        await asyncio.sleep(_SYNC_POLL_S)
+
+
+async def synced(store: Store, source: str) -> None:
+    """Return once ``source`` has finished its first sync."""
+    while True:
+        if store.sync_state().get(source, False):
+            return
+        await asyncio.sleep(_SYNC_POLL_S)
+
+
+class IdentitySource:
+    """An identity provider as a :class:`bridge.app.Source`."""
+
+    def __init__(self, provider: IdentityProvider, *, store: Store | None = None) -> None:
+        self.provider = provider
+        self.name = provider.source
+        # Set: start once the object sources synced (the roots are a ConfigMap there).
+        self._store = store
+
+    async def run(self) -> None:
+        if self._store is not None:
+            await objects_synced(self._store)
+        await self.provider.run()
+
+
+# -- Consul ------------------------------------------------------------------------------
+
+
+_KeyHit = tuple[K8sService, Resolver | None, Mesh, ConsulServiceKey]
+
+
+class ConsulKeys:
+    """The Consul services a resolved World references, recomputed per changed Service only."""
+
+    def __init__(self, settings: ResolveSettings) -> None:
+        self.settings = settings
+        self._cache: dict[ObjectRef, _KeyHit] = {}
+
+    def of(
+        self, world: World, resolved: Resolved
+    ) -> tuple[frozenset[ConsulServiceKey], frozenset[ConsulServiceKey]]:
+        """(keys to watch: resolver ``consul``; Connect keys to check: mesh ``consul``)."""
+        watch: set[ConsulServiceKey] = set()
+        connect: set[ConsulServiceKey] = set()
+        seen: set[ObjectRef] = set()
+        for ref, res in resolved.services.items():
+            if res.mesh is None or not (res.resolver is Resolver.CONSUL or res.mesh is Mesh.CONSUL):
+                continue
+            svc = world.services.get(ref)
+            if svc is None:
+                continue
+            seen.add(ref)
+            hit = self._cache.get(ref)
+            if hit is not None and hit[0] is svc and hit[1] is res.resolver and hit[2] is res.mesh:
+                key = hit[3]
+            else:
+                spec, _ = parse_service(svc)
+                key = consul_key(
+                    svc, self.settings, spec.consul_service, spec.consul_datacenter, res.mesh
+                )
+                self._cache[ref] = (svc, res.resolver, res.mesh, key)
+            if res.resolver is Resolver.CONSUL:
+                watch.add(key)
+            if key.connect:
+                connect.add(key)
+        for gone in set(self._cache) - seen:
+            del self._cache[gone]
+        return frozenset(watch), frozenset(connect)
+
+
+class ConsulPart:
+    """Consul discovery, intention check and catalog sync, as one :class:`bridge.app.Source`.
+
+    The Connect identity provider shares :attr:`client` but is a source of its
+    own (``identity/consul``). :meth:`run` closes the client on the way out.
+    """
+
+    name = "consul"
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        client: ConsulClient,
+        *,
+        leader: LeaderGate,
+        writer: ServiceWriter | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.client = client
+        self.settings = config.resolve_settings()
+        self.keys = ConsulKeys(self.settings)
+        self.discovery = ConsulDiscovery(client, store)
+        self.intentions = (
+            IntentionChecker(
+                client,
+                store,
+                identity_service=config.consul.identity_service,
+                interval_s=config.consul.intention_check_interval_ms / 1000,
+            )
+            if config.consul.connect
+            else None
+        )
+        sync = catalog_sync_settings(config)
+        self.to_consul = ToConsulSyncer(client, sync, leader=leader) if sync.to_consul else None
+        if sync.to_kubernetes and writer is None:
+            raise ConfigError(
+                "writing ExternalName Services needs a cluster: use --source kubernetes",
+                "catalog_sync.to_kubernetes.enabled",
+            )
+        self.to_kubernetes = (
+            ToKubernetesSyncer(client, writer, sync, leader=leader)
+            if sync.to_kubernetes and writer is not None
+            else None
+        )
+
+    async def run(self) -> None:
+        try:
+            await self.first_watch_set()
+            async with asyncio.TaskGroup() as tg:
+                if self.intentions is not None:
+                    tg.create_task(self.intentions.run(), name="consul-intentions")
+                if self.to_consul is not None:
+                    tg.create_task(self.to_consul.run(), name="catalog-sync-to-consul")
+                if self.to_kubernetes is not None:
+                    tg.create_task(self.to_kubernetes.run(), name="catalog-sync-to-kubernetes")
+                # Keep the source alive while discovery's own watch tasks run.
+                tg.create_task(asyncio.Event().wait(), name="consul-part")
+        finally:
+            await self.discovery.close()
+            await self.client.close()
+
+    async def first_watch_set(self) -> None:
+        """Learn which Consul services the first complete World references, and watch them.
+
+        Runs before the first snapshot (the ``consul`` source is not synced
+        until each watch made its first attempt), so the first snapshot
+        already holds the Consul endpoints.
+        """
+        await objects_synced(self.store)
+        # The pipeline has not built yet (this source holds it back): taking the
+        # World here leaves it a full first build, which needs no change set.
+        world, _ = self.store.take()
+        resolved = default_resolve()(world, self.settings, None, frozenset())
+        watch, connect = self.keys.of(world, resolved)
+        if watch:
+            log.info("watching %d Consul service(s)", len(watch))
+        self.discovery.watch_set(watch)
+        if self.intentions is not None:
+            self.intentions.check_set(connect)
+
+    def observe(self, world: World, resolved: Resolved, _stats: object) -> None:
+        """After each publish: the World goes to the watches, intention check and syncers."""
+        watch, connect = self.keys.of(world, resolved)
+        self.discovery.watch_set(watch)
+        if self.intentions is not None:
+            self.intentions.check_set(connect)
+        # Published means every source synced: the Kubernetes list is complete.
+        if self.to_consul is not None:
+            self.to_consul.update(world, kubernetes_synced=True)
+        if self.to_kubernetes is not None:
+            self.to_kubernetes.update(world, kubernetes_synced=True)
+
+
+# -- Kubernetes writes for Consul → Kubernetes ---------------------------------------------
+
+
+def _service_body(svc: ExternalNameService) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc.name,
+            "namespace": svc.namespace,
+            "labels": dict(svc.labels),
+            "annotations": dict(svc.annotations),
+        },
+        "spec": {"type": "ExternalName", "externalName": svc.external_name},
+    }
+
+
+class KubernetesServiceWriter:
+    """:class:`adapters.consul.sync.ServiceWriter` with the ``kubernetes`` client.
+
+    Blocking client calls run in worker threads. The syncer only updates or
+    deletes Services it owns (label ``meshbridge.io/catalog-sync``).
+    """
+
+    def __init__(self, api_client: Any) -> None:
+        import kubernetes.client
+
+        self.core = kubernetes.client.CoreV1Api(api_client)
+
+    async def create_service(self, svc: ExternalNameService) -> None:
+        await asyncio.to_thread(
+            self.core.create_namespaced_service, svc.namespace, _service_body(svc)
+        )
+
+    async def update_service(self, svc: ExternalNameService) -> None:
+        await asyncio.to_thread(
+            self.core.patch_namespaced_service, svc.name, svc.namespace, _service_body(svc)
+        )
+
+    async def delete_service(self, namespace: str, name: str) -> None:
+        await asyncio.to_thread(self.core.delete_namespaced_service, name, namespace)
+
+
+def kubernetes_writer(config: Config) -> KubernetesServiceWriter:
+    from adapters.kubernetes.client import load_api_client
+
+    return KubernetesServiceWriter(
+        load_api_client(config.kubernetes.kubeconfig, config.kubernetes.context)
+    )
+
+
+# -- one-shot reads for ``meshbridge resolve`` -------------------------------------------
+
+
+async def issue_once(provider: IdentityProvider, limit_s: float) -> list[Diagnostic]:
+    """Obtain ``provider``'s identity once (bounded); a diagnostic on failure."""
+    if not isinstance(provider, CaIdentityProvider):
+        return []
+    mesh = provider.mesh
+    try:
+        async with asyncio.timeout(limit_s):
+            fetched = await provider.fetch()
+        material = IdentityMaterial.checked(
+            cert_chain_pem=fetched.cert_chain_pem,
+            private_key=fetched.private_key,
+            trust_bundle_pem=fetched.trust_bundle_pem,
+            trust_domain=fetched.trust_domain,
+            now=provider.clock.now(),
+        )
+    except TimeoutError:
+        why = f"no answer within {limit_s:g}s"
+    except MeshbridgeError as exc:
+        why = str(exc)
+    else:
+        provider.publish(material)
+        return []
+    return [
+        Diagnostic(
+            provider.ref,
+            "identity",
+            f"could not obtain the gateway's {mesh.value} identity: {why}",
+            fix=identity_fix(mesh),
+            severity=Severity.ERROR,
+            code="identity.unavailable",
+        )
+    ]
+
+
+async def consul_once(
+    store: Store,
+    config: Config,
+    client: ConsulClient,
+    world: World,
+    resolved: Resolved,
+    limit_s: float,
+    problems: list[Diagnostic],
+) -> bool:
+    """Read the referenced Consul services (and intentions) once; whether anything was read."""
+    settings = config.resolve_settings()
+    watch, connect = ConsulKeys(settings).of(world, resolved)
+    connect = connect if config.consul.connect else frozenset()
+    if not watch and not connect:
+        return False
+    if watch:
+        discovery = ConsulDiscovery(client, store)
+        discovery.watch_set(watch)
+        try:
+            async with asyncio.timeout(limit_s):
+                await synced(store, DISCOVERY_SOURCE)
+        except TimeoutError:
+            problems.append(
+                Diagnostic(
+                    ObjectRef(Kind.CONSUL_SERVICE, "", "*"),
+                    "consul",
+                    f"Consul at {client.settings.base_url} did not answer within {limit_s:g}s",
+                    fix="check consul.address / CONSUL_HTTP_ADDR and that the agent is up",
+                    severity=Severity.WARNING,
+                    code="consul.unavailable",
+                )
+            )
+        finally:
+            await discovery.close()
+    if connect:
+        checker = IntentionChecker(client, store, identity_service=config.consul.identity_service)
+        checker.check_set(connect)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s):
+                await checker.check_now()
+    return True
