@@ -33,14 +33,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import hashlib
 import ipaddress
 import itertools
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
@@ -60,6 +62,10 @@ DELTA_METHOD = "DeltaAggregatedResources"
 _WARMS = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 _WILDCARD = "*"
 _MAX_INFLIGHT = 64
+# Refused versions kept per stream and type, beyond the names the snapshot has.
+_MAX_REJECTED = 50_000
+# Distinct requested name sets shared between streams (see AdsServer.shared_names).
+_MAX_SHARED_NAME_SETS = 64
 
 
 class XdsObserver(Protocol):
@@ -141,8 +147,47 @@ class _Sent:
     type_url: str
     version: str
     items: dict[str, str | None]  # name -> version sent (None: removed)
-    before: dict[str, str | None]  # name -> what the client had before (None: nothing)
+    before: Mapping[str, str | None]  # name -> what the client had before (None: nothing)
     view: str  # full-state types: the signature of the whole reply
+
+
+class _Versions(Mapping[str, str]):
+    """name → version of a snapshot type's entries (optionally only ``names``): a view.
+
+    What a stream's client has is, almost always, exactly what one snapshot
+    holds for the names it asked for. Keeping that as a view of the (shared)
+    snapshot entries and the (shared) name set costs a stream nothing per
+    resource; a stream copies it into its own dict only when the two part
+    (a NACK, a shrinking subscription, delta bookkeeping).
+    """
+
+    __slots__ = ("_entries", "_names")
+
+    def __init__(self, entries: Mapping[str, Entry], names: AbstractSet[str] | None) -> None:
+        self._entries = entries
+        self._names = names
+
+    def __getitem__(self, name: str) -> str:
+        if self._names is not None and name not in self._names:
+            raise KeyError(name)
+        return self._entries[name].version
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if self._names is not None and name not in self._names:
+            return default
+        e = self._entries.get(name)
+        return default if e is None else e.version
+
+    def __contains__(self, name: object) -> bool:
+        return (self._names is None or name in self._names) and name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        if self._names is None:
+            return iter(self._entries)
+        return (n for n in self._entries if n in self._names)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass(slots=True, eq=False)
@@ -150,11 +195,18 @@ class _TypeState:
     type_url: str
     requested: bool = False
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
-    have: dict[str, str] = field(default_factory=dict)  # what the client has (or is sent)
+    # SotW: a frozenset shared by every stream that asked for the same names.
+    names: set[str] | frozenset[str] = frozenset()
+    # What the client has (or is being sent): a dict of its own, or a view of
+    # the snapshot's entries while the two agree (see _Versions).
+    have: Mapping[str, str] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)  # newly subscribed: look at these
     forced: set[str] = field(default_factory=set)  # send even if unchanged (warming)
-    rejected: set[tuple[str, str]] = field(default_factory=set)  # (name, version) NACKed
+    # name -> the version the client refused. One per name (the latest), so the
+    # record is bounded by the resources of the type; content that changes back
+    # to an older refused version is offered once more.
+    rejected: dict[str, str] = field(default_factory=dict)
+    look_all: bool = False  # named SotW: next reply looks at every name, not the changes
     view: str = ""  # full-state: signature of the last reply sent
     rejected_view: str | None = None
     last_nonce: str = ""
@@ -192,6 +244,14 @@ class _Stream:
         self.bytes_sent = 0
         self._nonces = itertools.count(1)
         self._withheld_logged = False
+
+    @staticmethod
+    def _own_have(ts: _TypeState) -> dict[str, str]:
+        """The stream's own copy of what its client has, made on the first write."""
+        if type(ts.have) is not dict:
+            ts.have = dict(ts.have.items())
+        assert isinstance(ts.have, dict)
+        return ts.have
 
     def state(self, type_url: str) -> _TypeState:
         ts = self.types.get(type_url)
@@ -240,22 +300,39 @@ class _Stream:
         # The client keeps what it had: forget what we sent, remember it was refused.
         for name, version in sent.items.items():
             if version is not None:
-                ts.rejected.add((name, version))
-            old = sent.before.get(name)
-            if old is not None:
-                ts.have[name] = old
-            elif self.delta:
-                # The client may hold part of a refused response (Envoy keeps a refused
-                # listener's error state): "" = unknown version, so a later deletion
-                # is still announced and any new content is sent.
-                ts.have[name] = ""
-            else:
-                ts.have.pop(name, None)
+                ts.rejected[name] = version
             ts.forced.discard(name)
         if sent.view:
             ts.rejected_view = sent.view
-            ts.have = {n: v for n, v in sent.before.items() if v is not None}
+            # The whole reply was refused; nothing else holds its "before" (never None
+            # for a full-state type: it was the client's whole state).
+            ts.have = cast(Mapping[str, str], sent.before)
+        else:
+            have = self._own_have(ts)
+            for name in sent.items:
+                old = sent.before.get(name)
+                if old is not None:
+                    have[name] = old
+                elif self.delta:
+                    # The client may hold part of a refused response (Envoy keeps a refused
+                    # listener's error state): "" = unknown version, so a later deletion
+                    # is still announced and any new content is sent.
+                    have[name] = ""
+                else:
+                    have.pop(name, None)
+            ts.look_all = True
+        if len(ts.rejected) > _MAX_REJECTED:
+            self._prune_rejected(ts)
         self.server.record_nack(self.node_id, ts.type_url, error)
+
+    def _prune_rejected(self, ts: _TypeState) -> None:
+        """Forget refusals of names the snapshot no longer has; keep the newest if still many."""
+        snap = self.server.cache.snapshot(self.group)
+        entries = snap.entries(ts.type_url) if snap is not None else {}
+        kept = {n: v for n, v in ts.rejected.items() if n in entries}
+        if len(kept) > _MAX_REJECTED:
+            kept = dict(list(kept.items())[-_MAX_REJECTED:])
+        ts.rejected = kept
 
     def handle_sotw(self, req: discovery_v3.DiscoveryRequest) -> None:
         ts = self.state(req.type_url)
@@ -270,23 +347,31 @@ class _Stream:
         raw = req.resource_names
         if ts.requested and raw and len(raw) == len(ts.names) and ts.names.issuperset(raw):
             return  # the usual ACK: the same names again (Envoy repeats all 10k EDS names)
-        names = set(raw)
+        names = frozenset(raw)
         full = req.type_url in FULL_STATE_TYPES
         # A full-state type asked for with no names (before any named request), or
         # with "*", is a wildcard subscription.
         wildcard = full and (
             _WILDCARD in names or (not names and (ts.wildcard or not ts.requested))
         )
-        names.discard(_WILDCARD)
+        if _WILDCARD in names:
+            names = names - {_WILDCARD}
+        names = self.server.shared_names(names)
         first = not ts.requested
         ts.requested = True
         if wildcard != ts.wildcard:
             ts.wildcard = wildcard
             ts.view = ""  # the reply's scope changed: answer again
         added = names - ts.names
-        for name in ts.names - names:
-            ts.have.pop(name, None)
-            ts.forced.discard(name)
+        removed = ts.names - names
+        if removed:
+            if type(ts.have) is dict:
+                for name in removed:
+                    ts.have.pop(name, None)
+            # A view is re-made over the new names by the next reply, which looks
+            # at every name; until then only names still asked for are read.
+            ts.look_all = True
+            ts.forced -= removed
         ts.names = names
         ts.dirty |= added
         if full and (added or first):
@@ -301,27 +386,33 @@ class _Stream:
         first = not ts.requested
         ts.requested = True
         if first:
-            for name, version in req.initial_resource_versions.items():
-                ts.have[name] = version
+            if req.initial_resource_versions:
+                have = self._own_have(ts)
+                for name, version in req.initial_resource_versions.items():
+                    have[name] = version
             # Legacy wildcard: the first request of a type names nothing.
             if not req.resource_names_subscribe and req.type_url in FULL_STATE_TYPES:
                 ts.wildcard = True
+        if type(ts.names) is not set:
+            ts.names = set(ts.names)  # delta subscriptions change name by name
+        names = ts.names
+        assert isinstance(names, set)
         for name in req.resource_names_subscribe:
             if name == _WILDCARD:
                 ts.wildcard = True
                 ts.seen_serial = None  # look at everything once
-            elif name not in ts.names:
-                ts.names.add(name)
+            elif name not in names:
+                names.add(name)
                 ts.dirty.add(name)
         for name in req.resource_names_unsubscribe:
             if name == _WILDCARD:
                 ts.wildcard = False
             else:
-                ts.names.discard(name)
+                names.discard(name)
                 ts.dirty.discard(name)
                 ts.forced.discard(name)
-            if not ts.wildcard:
-                ts.have.pop(name, None)
+            if not ts.wildcard and name in ts.have:
+                self._own_have(ts).pop(name, None)
 
     # -- responses -----------------------------------------------------------
 
@@ -391,13 +482,22 @@ class _Stream:
             view = "*" + snap.version(ts.type_url)
         else:
             chosen = [entries[n] for n in sorted(ts.names) if n in entries]
-            view = "|".join(f"{e.name}@{e.version}" for e in chosen) + "|" + ",".join(ts.names)
+            # A digest, not the text: a named full-state request may name thousands.
+            signature = hashlib.sha256()
+            for e in chosen:
+                signature.update(f"{e.name}@{e.version}|".encode())
+            signature.update(",".join(sorted(ts.names)).encode())
+            view = signature.hexdigest()
         if view in (ts.view, ts.rejected_view):
             ts.dirty.clear()
             return None
-        changed = [e for e in chosen if ts.have.get(e.name) != e.version]
-        before: dict[str, str | None] = dict(ts.have)
-        ts.have = {e.name: e.version for e in chosen}
+        have = ts.have
+        changed = [e for e in chosen if have.get(e.name) != e.version]
+        # The reply carries the full set: the client will have exactly the
+        # snapshot's entries (of the names asked for). ``have`` is replaced, not
+        # changed, so the old one can serve as "before" without a copy.
+        before: Mapping[str, str | None] = have
+        ts.have = _Versions(entries, None if ts.wildcard else ts.names)
         ts.view = view
         ts.dirty.clear()
         version = snap.version(ts.type_url)
@@ -415,22 +515,37 @@ class _Stream:
         self, ts: _TypeState, snap: Snapshot, changed: frozenset[str] | None
     ) -> bytes | None:
         entries = snap.entries(ts.type_url)
-        candidates = ts.names if changed is None else (changed & ts.names)
+        look_all = changed is None or ts.look_all
+        candidates = ts.names if changed is None or ts.look_all else (changed & ts.names)
         eager = ts.dirty | ts.forced
         out: list[Entry] = []
-        for name in sorted(candidates | (eager & ts.names)):
+        held = False  # some name's current content was refused: the client lags on it
+        have, rejected = ts.have, ts.rejected
+        for name in sorted(candidates | (eager & ts.names)) if eager else sorted(candidates):
             e = entries.get(name)
-            if e is None or (name, e.version) in ts.rejected:
+            if e is None:
                 continue
-            if name in eager or ts.have.get(name) != e.version:
+            if rejected and rejected.get(name) == e.version:
+                held = True
+                continue
+            if name in eager or have.get(name) != e.version:
                 out.append(e)
         ts.dirty.clear()
         ts.forced.clear()
+        ts.look_all = False
+        before: dict[str, str | None] = {e.name: have.get(e.name) for e in out}
+        if not held and (look_all or type(have) is _Versions):
+            # Every name asked for now has the snapshot's content (or will, once
+            # this reply lands): what the client has is a view of the snapshot.
+            # (A name the snapshot dropped leaves the view; SotW never deletes
+            # EDS/RDS/SDS by omission, so at worst it is sent again if it returns.)
+            ts.have = _Versions(entries, ts.names)
+        else:
+            own = self._own_have(ts)
+            for e in out:
+                own[e.name] = e.version
         if not out:
             return None
-        before: dict[str, str | None] = {e.name: ts.have.get(e.name) for e in out}
-        for e in out:
-            ts.have[e.name] = e.version
         version = snap.version(ts.type_url)
         ts.last_nonce = self.nonce()
         self._warm(ts.type_url, out)
@@ -458,7 +573,7 @@ class _Stream:
                 continue
             e = entries.get(name)
             if e is not None:
-                if (name, e.version) in ts.rejected:
+                if ts.rejected.get(name) == e.version:
                     continue
                 if name in forced or ts.have.get(name) != e.version:
                     send.append(e)
@@ -470,10 +585,11 @@ class _Stream:
             return None
         before: dict[str, str | None] = {n: ts.have.get(n) for n in removed}
         before.update((e.name, ts.have.get(e.name)) for e in send)
+        have = self._own_have(ts)
         for e in send:
-            ts.have[e.name] = e.version
+            have[e.name] = e.version
         for name in removed:
-            ts.have.pop(name, None)
+            have.pop(name, None)
         version = snap.version(ts.type_url)
         ts.last_nonce = self.nonce()
         self._warm(ts.type_url, send)
@@ -516,6 +632,19 @@ class AdsServer:
         self._last_nack: dict[str, Nack] = {}
         self._logged_nacks: set[tuple[str, str, str]] = set()
         self.nack_counts: collections.Counter[str] = collections.Counter()
+        self._name_sets: dict[frozenset[str], frozenset[str]] = {}
+
+    def shared_names(self, names: frozenset[str]) -> frozenset[str]:
+        """One object for equal requested name sets, so 100 Envoys asking for the same
+        10k EDS names hold one set (and one copy of each name) between them."""
+        if not names:
+            return names
+        shared = self._name_sets.get(names)
+        if shared is None:
+            if len(self._name_sets) >= _MAX_SHARED_NAME_SETS:
+                del self._name_sets[next(iter(self._name_sets))]  # the oldest
+            shared = self._name_sets[names] = names
+        return shared
 
     # -- status --------------------------------------------------------------
 

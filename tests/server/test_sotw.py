@@ -152,6 +152,68 @@ async def test_nack_of_named_resources_holds_only_the_rejected_ones(harness: Har
     assert names(r3) == ["b"]  # not the rejected a again
 
 
+async def test_after_a_named_nack_only_changes_are_sent_and_the_held_one_waits(
+    harness: Harness,
+) -> None:
+    w = World(harness, base())
+    s = harness.sotw()
+    await s.send(ENDPOINT, ["a", "b"])
+    r1 = await s.recv()
+    await s.ack(r1, ["a", "b"])
+    w.set(resources(cla("a", [("bad", 1)]), base=w.resources))
+    r2 = await s.recv()
+    await s.send(ENDPOINT, ["a", "b"], version=r1.version_info, nonce=r2.nonce, error="bad a")
+    await s.nothing()
+    w.set(resources(cla("b", [("10.0.0.3", 80)]), base=w.resources))
+    r3 = await s.recv()
+    assert names(r3) == ["b"]
+    await s.ack(r3, ["a", "b"])
+    w.set(resources(cla("a", [("10.0.0.4", 80)]), base=w.resources))  # a fixed
+    r4 = await s.recv()
+    assert names(r4) == ["a"]
+    await s.ack(r4, ["a", "b"])
+    await s.nothing()  # nothing else was owed
+    w.set(resources(cla("b", [("10.0.0.5", 80)]), base=w.resources))
+    r5 = await s.recv()
+    assert names(r5) == ["b"]
+
+
+async def test_a_shrunk_subscription_stops_updates_and_growing_it_resends(
+    harness: Harness,
+) -> None:
+    w = World(harness, base())
+    s = harness.sotw()
+    await s.send(ENDPOINT, ["a", "b"])
+    r1 = await s.recv()
+    await s.ack(r1, ["a"])  # drop b
+    await s.nothing()
+    w.set(resources(cla("b", [("10.0.0.3", 80)]), base=w.resources))
+    await s.nothing()  # b is no longer asked for
+    w.set(resources(cla("a", [("10.0.0.4", 80)]), base=w.resources))
+    r2 = await s.recv()
+    assert names(r2) == ["a"]
+    await s.ack(r2, ["a", "b"])  # b again: its current content is sent
+    r3 = await s.recv()
+    assert names(r3) == ["b"]
+    assert r3.resources[0].value == w.snap.entries(ENDPOINT)["b"].message.SerializeToString(
+        deterministic=True
+    )
+    await s.ack(r3, ["a", "b"])
+    await s.nothing()
+
+
+async def test_streams_asking_for_the_same_names_hold_one_set(harness: Harness) -> None:
+    World(harness, base())
+    streams = [harness.sotw(f"gw-{i}") for i in range(2)]
+    for s in streams:
+        await s.send(ENDPOINT, ["a", "b"])
+        await s.ack(await s.recv(), ["a", "b"])
+    shared = harness.ads.shared_names(frozenset({"a", "b"}))
+    await async_wait_for(lambda: len(harness.ads.status()) == 2, what="both streams")
+    held = [st.types[ENDPOINT].names for st in harness.ads._streams]
+    assert all(names is shared for names in held)
+
+
 async def test_a_request_with_a_stale_nonce_is_ignored(harness: Harness) -> None:
     w = World(harness, base())
     s = harness.sotw()
