@@ -251,6 +251,7 @@ class KubeApiServer:
         self._watchers: list[_Watcher] = []
         self._continues: dict[str, tuple[int, list[_Stored], Resource]] = {}
         self._unavailable: str | None = None
+        self._held = False
         self._fail_when: Callable[[RequestInfo], int | None] | None = None
         self._stopping = False
         self._conns: set[socket.socket] = set()
@@ -268,7 +269,7 @@ class KubeApiServer:
         class Handler(_Handler):
             api = server
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        httpd = _Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
         httpd.request_queue_size = 128
         httpd.daemon_threads = True
         httpd.server_bind()
@@ -398,14 +399,30 @@ class KubeApiServer:
             self._log.clear()
             self._log_start = 0
 
+    def hold_watches(self) -> None:
+        """Stop delivering watch events (they queue) until :meth:`expire_watches` or release."""
+        with self._cond:
+            self._held = True
+
+    def release_watches(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
     def expire_watches(self) -> None:
-        """Compact, and send open watches the 410 ERROR event (a watch cache fell behind)."""
+        """Compact, and send open watches the 410 ERROR event (a watch cache fell behind).
+
+        Events held by :meth:`hold_watches` are dropped, never delivered: the
+        client can only learn of them by relisting.
+        """
         with self._cond:
             self._compacted_rv = self._rv
             self._log.clear()
             self._log_start = 0
             for w in self._watchers:
                 w.expire = True
+                w.queue.clear()
+            self._held = False
             self._cond.notify_all()
 
     def cut_watches(self) -> None:
@@ -809,14 +826,19 @@ class KubeApiServer:
             next_bookmark = time.monotonic() + self.bookmark_interval
             while True:
                 with self._cond:
-                    while not (w.queue or w.cut or w.expire or self._stopping):
+                    while not ((w.queue and not self._held) or w.cut or w.expire or self._stopping):
                         now = time.monotonic()
                         wake = min(deadline, next_bookmark if bookmarks else deadline)
                         if now >= wake:
                             break
                         self._cond.wait(wake - now)
-                    batch, w.queue = w.queue, []
+                    if self._held:
+                        batch = []
+                    else:
+                        batch, w.queue = w.queue, []
                     cut, expire, stopping = w.cut, w.expire, self._stopping
+                    # A bookmark must not pass events still queued for this watcher.
+                    pending = bool(w.queue)
                     current_rv, compacted = self._rv, self._compacted_rv
                 if cut or stopping:
                     h.abort()
@@ -837,7 +859,7 @@ class KubeApiServer:
                 if now >= deadline:
                     h.end_stream()
                     return
-                if bookmarks and now >= next_bookmark and not batch:
+                if bookmarks and now >= next_bookmark and not batch and not pending:
                     h.write_chunk(
                         b'{"type":"BOOKMARK","object":%s}\n'
                         % json.dumps(
@@ -921,6 +943,15 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         else:
             target[k] = _merge_patch(target.get(k), v)
     return target
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients dropping connections (a stopped watch, a test's reset) are normal here.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
