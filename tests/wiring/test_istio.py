@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,12 +125,11 @@ def test_serve_gets_the_gateway_identity_from_istiod_and_reaches_the_sidecar(
     assert calls and all(c.status == "OK" for c in calls), calls
 
 
-def resolve_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+def resolve_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     code = main(["resolve", "-o", "json", *argv])
     out, err = capsys.readouterr()
     assert code == 0, err
-    doc: dict[str, object] = json.loads(out)
-    return doc
+    return json.loads(out)
 
 
 def test_resolve_fetches_the_identity_once_and_shows_the_upstream_tls(
@@ -139,7 +139,7 @@ def test_resolve_fetches_the_identity_once_and_shows_the_upstream_tls(
     config.write_text(f"gateway:\n  namespace: {GATEWAY_NS}\n" + mesh.config)
     args = ("--config", str(config), "--source", f"dir:{mesh.world}")
     doc = resolve_json(capsys, *args)
-    (row,) = doc["services"]  # type: ignore[misc]
+    (row,) = doc["services"]
     assert row["routes"] == ["*/reviews"] and row["mesh"] == "istio"
     assert row["sni"] == ["outbound_.80_._.reviews.shop.svc.cluster.local"]
     assert row["verify_san"] == ["URI:spiffe://cluster.local/ns/shop/sa/reviews"]
@@ -151,8 +151,8 @@ def test_resolve_fetches_the_identity_once_and_shows_the_upstream_tls(
     # istiod down: a bounded wait, then a diagnostic naming the mesh; never plaintext.
     mesh.lt.call(mesh.ca.outage)
     doc = resolve_json(capsys, *args, "--timeout", "2")
-    (row,) = doc["services"]  # type: ignore[misc]
+    (row,) = doc["services"]
     assert row["routes"] == [] and row["left_out"]
     assert any("no identity for mesh istio" in d["message"] for d in row["diagnostics"])
-    others = [d["message"] for d in doc["other_diagnostics"]]  # type: ignore[attr-defined]
+    others = [d["message"] for d in doc["other_diagnostics"]]
     assert any("could not obtain the gateway's istio identity" in m for m in others), others
