@@ -217,7 +217,8 @@ async def objects_synced(store: Store) -> None:
     while True:
         state = store.sync_state()
         objects = [ok for name, ok in state.items() if name.startswith(OBJECT_SOURCE_PREFIXES)]
-        if all(objects):
+        # The Kubernetes source registers its reflectors once it runs: none yet is not done.
+        if objects and all(objects):
             return
         await asyncio.sleep(_SYNC_POLL_S)
 
