@@ -22,7 +22,16 @@ Protocol rules it keeps (see the module's tests):
   wildcard and named subscriptions, ``initial_resource_versions`` honoured
   on reconnect, unsubscribe-only requests need no reply;
 - secrets only to nodes the :class:`AccessPolicy` allows, over loopback TCP,
-  a Unix socket or mTLS. Node ids outside the allow-list are refused.
+  a Unix socket or mTLS. Node ids outside the allow-list are refused;
+- a node whose bootstrap names a listen port (``meshbridge.io/listen-port``
+  metadata) that no served listener uses is warned about once and shown in
+  its :class:`StreamStatus`.
+
+Memory per stream stays small at 10k resources: equal requested name sets
+are one shared frozenset (:meth:`AdsServer.shared_names`); what a client has
+is kept as a view of the snapshot's entries while the two agree, copied into
+the stream's own dict only when they part (a NACK, a delta stream); refused
+versions are kept one per name, bounded.
 
 It must not build resources (the pipeline and translation do) and must not
 import metrics libraries: :class:`XdsObserver` is the hook for them.
@@ -45,8 +54,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import grpc
+from envoy.config.listener.v3 import listener_pb2 as listener_v3
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 
+from bridge.bootstrap import LISTEN_PORT_METADATA
 from bridge.server.cache import Entry, Snapshot, SnapshotCache, kind
 from bridge.server.wire import encode_delta_response, encode_discovery_response, encode_resource
 from bridge.xds.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, PUSH_ORDER, ROUTE
@@ -125,6 +136,36 @@ class StreamStatus:
     last_nack: Nack | None  # the node's last NACK, kept across reconnects
     responses: int
     bytes_sent: int
+    # The port the node's bootstrap says its deployment sends traffic to
+    # (``meshbridge bootstrap --listen-port``), and what is wrong with it, if
+    # anything: "" once a served listener is on that port.
+    listen_port: int | None = None
+    listen_port_problem: str = ""
+
+
+def listen_port_of(node: Any) -> int | None:
+    """The ``meshbridge.io/listen-port`` node metadata, if it is a port number."""
+    field_ = node.metadata.fields.get(LISTEN_PORT_METADATA)
+    if field_ is None or field_.WhichOneof("kind") not in ("number_value", "string_value"):
+        return None
+    raw = (
+        field_.number_value if field_.WhichOneof("kind") == "number_value" else field_.string_value
+    )
+    try:
+        port = int(raw)
+    except ValueError:
+        return None
+    return port if 0 < port < 65536 and port == float(raw) else None
+
+
+def _listener_ports(entries: Mapping[str, Entry]) -> frozenset[int]:
+    ports = set()
+    for e in entries.values():
+        if isinstance(e.message, listener_v3.Listener) and e.message.HasField("address"):
+            port = e.message.address.socket_address.port_value
+            if port:
+                ports.add(port)
+    return frozenset(ports)
 
 
 def private_transport(peer: str, mtls: bool) -> bool:
@@ -244,6 +285,9 @@ class _Stream:
         self.bytes_sent = 0
         self._nonces = itertools.count(1)
         self._withheld_logged = False
+        self.listen_port: int | None = None
+        self.listen_port_problem = ""
+        self._listeners_checked: object = None  # the listener entries last checked
 
     @staticmethod
     def _own_have(ts: _TypeState) -> dict[str, str]:
@@ -276,7 +320,32 @@ class _Stream:
             last_nack=self.server.last_nack(self.node_id),
             responses=self.responses,
             bytes_sent=self.bytes_sent,
+            listen_port=self.listen_port,
+            listen_port_problem=self.listen_port_problem,
         )
+
+    def check_listen_port(self, snap: Snapshot) -> None:
+        """Warn (once per change) when no served listener is on the node's listen port."""
+        if self.listen_port is None or LISTENER not in self.types:
+            return
+        entries = snap.entries(LISTENER)
+        if entries is self._listeners_checked:
+            return
+        self._listeners_checked = entries
+        ports = _listener_ports(entries)
+        if not ports or self.listen_port in ports:
+            self.listen_port_problem = ""
+            return
+        problem = (
+            f"the bootstrap of node {self.node_id!r} says its traffic arrives on port "
+            f"{self.listen_port} (meshbridge.io/listen-port), but the gateway listeners "
+            f"meshbridge serves are on {', '.join(map(str, sorted(ports)))}: set the "
+            "listener ports in the config file (or the gateway's Service and "
+            "--listen-port) so they agree"
+        )
+        if problem != self.listen_port_problem:
+            self.listen_port_problem = problem
+            log.warning("%s", problem)
 
     # -- requests ------------------------------------------------------------
 
@@ -435,6 +504,7 @@ class _Stream:
         )
 
     def respond(self, snap: Snapshot) -> Iterator[bytes]:
+        self.check_listen_port(snap)
         for type_url in self._order():
             ts = self.types[type_url]
             if not ts.requested or not self._may_send(type_url):
@@ -734,6 +804,7 @@ class AdsServer:
             secrets=policy.may_receive_secrets(node_id) and private_transport(peer, mtls),
         )
         mode = "delta" if delta else "sotw"
+        stream.listen_port = listen_port_of(first.node)
         stream.requests.append(first)
         stream.wake.set()
         self._streams.add(stream)

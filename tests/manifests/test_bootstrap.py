@@ -1,5 +1,6 @@
-"""The gateway's bootstrap ConfigMap is ``meshbridge bootstrap`` output plus three
-deployment additions, and a real Envoy accepts it."""
+"""The gateway's bootstrap ConfigMap is ``meshbridge bootstrap`` output (with mTLS
+to the bridge by its Service name) plus one deployment addition, and a real
+Envoy accepts it."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Any
 
 import yaml
 
-from bridge.bootstrap import bootstrap_yaml
+from bridge.bootstrap import XdsTls, bootstrap_yaml
 from tests.manifests.build import build, find
 from tests.manifests.test_xds_certs import _script
 from tests.support.envoy import envoy_binary
 
 XDS = "meshbridge.meshbridge.svc.cluster.local:18000"
+TLS_DIR = "/etc/envoy/xds-tls"
 
 
 def _deployed() -> dict[str, Any]:
@@ -28,20 +30,34 @@ def _deployed() -> dict[str, Any]:
 
 def test_bootstrap_is_the_generated_one_plus_the_deployment_additions() -> None:
     generated = yaml.safe_load(
-        bootstrap_yaml(xds=XDS, node_id="meshbridge-gateway", listen_port=8080, admin_port=9901)
+        bootstrap_yaml(
+            xds=XDS,
+            node_id="meshbridge-gateway",
+            listen_port=8080,
+            admin_port=9901,
+            tls=XdsTls(
+                cert_file=f"{TLS_DIR}/tls.crt",
+                key_file=f"{TLS_DIR}/tls.key",
+                ca_file=f"{TLS_DIR}/ca.crt",
+            ),
+        )
     )
     deployed = copy.deepcopy(_deployed())
-    (cluster,) = deployed["static_resources"]["clusters"]
-    # 1. The bridge is reached by its Service's DNS name.
-    assert cluster.pop("type") == "STRICT_DNS"
-    # 2. mTLS, so the bridge may send the gateway its certificates (SDS).
-    assert cluster.pop("transport_socket")["name"] == "envoy.transport_sockets.tls"
-    # 3. A listener the kubelet probes; Envoy's admin stays on loopback.
+    # The generator gives what a separate gateway pod needs: the bridge reached by its
+    # Service's DNS name, over mTLS checked against that name (so the bridge may send
+    # the gateway its certificates over SDS).
+    (cluster,) = generated["static_resources"]["clusters"]
+    assert cluster["type"] == "STRICT_DNS"
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["sni"] == XDS.rsplit(":", 1)[0]
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": XDS.rsplit(":", 1)[0]}}
+    ]
+    # The one deployment addition: a listener the kubelet probes; Envoy's admin stays
+    # on loopback.
     (ready,) = deployed["static_resources"].pop("listeners")
     assert ready["address"]["socket_address"]["port_value"] == 19001
     assert deployed["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    (gen_cluster,) = generated["static_resources"]["clusters"]
-    gen_cluster.pop("type")
     assert deployed == generated
 
 

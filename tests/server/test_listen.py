@@ -12,14 +12,14 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc as ads_grpc
 
-from bridge.bootstrap import envoy_bootstrap
+from bridge.bootstrap import XdsTls, envoy_bootstrap
 from bridge.errors import XdsError
 from bridge.identity.pki import LocalCA
 from bridge.server.ads import AdsServer
 from bridge.server.cache import Snapshot, SnapshotCache
 from bridge.server.listen import ServerTls, XdsServer
 from bridge.xds.resources import SECRET
-from tests.server.builders import cla, resources, secret
+from tests.server.builders import cla, cluster, resources, secret
 from tests.server.client import SotwStream, names
 from tests.server.test_envoy import backend, serves, world
 from tests.support.envoy import EnvoyProcess
@@ -118,5 +118,63 @@ async def test_envoy_over_a_unix_socket(tmp_dir: Path) -> None:
             try:
                 await asyncio.to_thread(proc.start)
                 await async_wait_for(lambda: serves(listen, "one"), what="traffic via Envoy")
+            finally:
+                await asyncio.to_thread(proc.stop)
+
+
+@pytest.mark.e2e
+async def test_envoy_reaches_the_bridge_by_name_over_mtls_and_gets_secrets(
+    tmp_dir: Path,
+) -> None:
+    """The bootstrap a gateway in its own pod uses: a DNS name, mTLS, secrets over SDS."""
+    ca = LocalCA(now=NOW, validity=dt.timedelta(days=3650))
+    server_cert = ca.issue(now=NOW, validity=dt.timedelta(days=3650), dns_sans=["localhost"])
+    client_cert = ca.issue(now=NOW, validity=dt.timedelta(days=3650), uri_sans=["spiffe://t/gw"])
+    (tmp_dir / "tls.crt").write_text(client_cert.cert_chain_pem)
+    (tmp_dir / "tls.key").write_bytes(client_cert.private_key.reveal())
+    (tmp_dir / "ca.crt").write_text(ca.root_pem)
+    tls = ServerTls(
+        cert_chain_pem=server_cert.cert_chain_pem.encode(),
+        private_key=server_cert.private_key,
+        client_ca_pem=ca.root_pem.encode(),
+    )
+    listen = free_port()
+    with backend("one") as port:
+        cache = SnapshotCache()
+        # Cluster "two" verifies its peer against the SDS secret "ca": Envoy must fetch it.
+        r = resources(
+            cluster("two", ca_secret="ca"), secret("ca", ca.root_pem), base=world(listen, port)
+        )
+        cache.set_snapshot("default", Snapshot.from_resources(r))
+        ads = AdsServer(cache)
+        # "localhost" binds both loopback families: Envoy's resolver may answer either.
+        async with XdsServer(ads, "localhost:0", tls=tls) as server:
+            bootstrap = envoy_bootstrap(
+                xds=f"localhost:{server.port}",
+                node_id="gw",
+                admin_port=free_port(),
+                listen_port=listen,
+                tls=XdsTls(
+                    cert_file=str(tmp_dir / "tls.crt"),
+                    key_file=str(tmp_dir / "tls.key"),
+                    ca_file=str(tmp_dir / "ca.crt"),
+                ),
+            )
+            assert bootstrap["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
+            proc = EnvoyProcess(bootstrap)
+            try:
+                await asyncio.to_thread(proc.start)
+                await async_wait_for(lambda: serves(listen, "one"), what="traffic via Envoy")
+
+                def secret_acked() -> bool:
+                    [st] = ads.status()
+                    return st.secrets and any(
+                        t.type_url == SECRET and t.acked_version for t in st.types
+                    )
+
+                await async_wait_for(secret_acked, what="the secret ACKed over mTLS")
+                [st] = ads.status()
+                assert st.listen_port == listen
+                assert st.listen_port_problem == ""
             finally:
                 await asyncio.to_thread(proc.stop)

@@ -214,6 +214,24 @@ async def test_streams_asking_for_the_same_names_hold_one_set(harness: Harness) 
     assert all(names is shared for names in held)
 
 
+async def test_a_listen_port_the_bridge_serves_no_listener_on_is_reported(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(harness, base())  # the listener is on 8080
+    s = harness.sotw()
+    s.node.metadata.update({"meshbridge.io/listen-port": 9090})
+    await s.send(LISTENER)
+    await s.ack(await s.recv())
+    [st] = harness.ads.status()
+    assert st.listen_port == 9090
+    assert "port 9090" in st.listen_port_problem
+    assert "on 8080" in st.listen_port_problem
+    assert sum("port 9090" in r.getMessage() for r in caplog.records) == 1
+    w.set(resources(listener("http", 9090, "routes"), base=w.resources))
+    await s.ack(await s.recv())
+    assert harness.ads.status()[0].listen_port_problem == ""
+
+
 async def test_a_request_with_a_stale_nonce_is_ignored(harness: Harness) -> None:
     w = World(harness, base())
     s = harness.sotw()
