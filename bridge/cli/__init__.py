@@ -7,8 +7,10 @@ adds the mesh identity providers and the Consul part the config turns on
 
 Catalog sync writes only while this replica leads: with the directory source
 there is one replica by definition (:class:`bridge.leader.AlwaysLeader`);
-with the Kubernetes source the Lease from the Kubernetes adapter when this
-build has it.
+with the Kubernetes source, the Lease ``meshbridge-catalog-sync`` in
+``gateway.namespace`` (:mod:`adapters.kubernetes.leader`). CA identity modes
+take the gateway's token from ``*.token_file`` or, with the Kubernetes
+source, from TokenRequest (:mod:`adapters.kubernetes.tokens`).
 
 Exit codes: 0 success (``resolve`` exits 0 even when Services have
 diagnostics — they are the output), 1 a runtime failure, 2 a usage or
@@ -29,10 +31,14 @@ from bridge.app import DEFAULT_DRAIN, Bridge, Source, SourceFactory, serve_until
 from bridge.cli.wiring import (
     ConsulPart,
     IdentitySource,
+    LeaseSource,
     ca_identity_providers,
     consul_client_settings,
     kubernetes_writer,
+    lease_elector,
+    needs_token_request,
     roots_from_objects,
+    token_request,
 )
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError, MeshbridgeError
@@ -196,17 +202,18 @@ def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
     return out
 
 
-def leader_gate(spec: str, config: Config) -> LeaderGate:
-    """Who may write the catalog: one replica with the directory source; else the Lease."""
-    if spec != "kubernetes":
-        return AlwaysLeader()
+def leader_gate(spec: str, config: Config) -> tuple[LeaderGate, Source | None]:
+    """Who may write the catalog, and the source that campaigns for it.
+
+    The directory source means one replica: :class:`AlwaysLeader`. With the
+    Kubernetes source and catalog sync on: the Lease ``meshbridge-catalog-sync``
+    in ``gateway.namespace``.
+    """
     sync = config.catalog_sync
-    if sync.to_consul.enabled or sync.to_kubernetes.enabled:
-        log.warning(
-            "catalog sync without leader election (no Lease support in this build): "
-            "run a single replica of meshbridge serve"
-        )
-    return AlwaysLeader()
+    if spec != "kubernetes" or not (sync.to_consul.enabled or sync.to_kubernetes.enabled):
+        return AlwaysLeader(), None
+    elector = lease_elector(config)
+    return elector, LeaseSource(elector)
 
 
 def _source_factory(
@@ -215,7 +222,10 @@ def _source_factory(
     def factory(store: Store) -> list[Source]:
         sources: list[Source] = [IdentitySource(p) for p in identity_providers(store, config)]
         client = ConsulClient(consul_client_settings(config))
-        for provider in ca_identity_providers(store, config, client):
+        tokens = (
+            token_request(config) if spec == "kubernetes" and needs_token_request(config) else None
+        )
+        for provider in ca_identity_providers(store, config, client, tokens=tokens):
             wait = store if roots_from_objects(provider) else None
             sources.append(IdentitySource(provider, store=wait))
         writer = (
@@ -223,8 +233,11 @@ def _source_factory(
             if spec == "kubernetes" and config.catalog_sync.to_kubernetes.enabled
             else None
         )
-        consul = ConsulPart(store, config, client, leader=leader_gate(spec, config), writer=writer)
+        leader, campaign = leader_gate(spec, config)
+        consul = ConsulPart(store, config, client, leader=leader, writer=writer)
         sources.append(consul)
+        if campaign is not None:
+            sources.append(campaign)
         if consul_parts is not None:
             consul_parts.append(consul)
         if spec == "kubernetes":
@@ -329,8 +342,9 @@ async def _resolve_once(
         files.poll()  # load the identity once, for its expiry and the SANs it implies
     settings = config.resolve_settings()
     resolve = default_resolve()
+    tokens = token_request(config) if spec == "kubernetes" and needs_token_request(config) else None
     async with ConsulClient(consul_client_settings(config)) as client:
-        providers = ca_identity_providers(store, config, client)
+        providers = ca_identity_providers(store, config, client, tokens=tokens)
         problems = [
             d
             for found in await asyncio.gather(*(issue_once(p, limit_s) for p in providers))

@@ -13,18 +13,17 @@ The directions are the config's (``catalog_sync.to_consul.enabled``,
 nothing to do (exit 2, naming the keys).
 
 One-shot and leader election: ``serve`` writes only while it holds the
-leader Lease. This command refuses to write while another replica holds it
-(with ``--source kubernetes``, when this build has Lease support); with the
-directory source there is no other replica. A ``--dry-run`` never needs the
-Lease. If ``serve`` runs at the same time, its drift watch sees the writes
-and re-diffs against the same World, so the two converge.
+Lease ``meshbridge-catalog-sync`` in ``gateway.namespace``. This command
+does not campaign for it (a one-shot that took the Lease would only delay
+the running replica) but refuses to write while a live holder has it (with
+``--source kubernetes``: exit 1 naming the holder); with the directory
+source there is no other replica. A ``--dry-run`` never looks at the Lease.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from adapters.consul.client import ConsulClient
@@ -32,8 +31,6 @@ from adapters.consul.sync import SyncPlan, apply_plan, plan_sync
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError, MeshbridgeError, SourceError
 from bridge.store import Store
-
-log = logging.getLogger("bridge.cli")
 
 
 async def _plan_and_apply(spec: str, config: Config, dry_run: bool) -> SyncPlan:
@@ -100,9 +97,14 @@ def sync_catalog(args: argparse.Namespace) -> int:
             "catalog_sync",
         )
     if spec == "kubernetes" and not args.dry_run:
-        log.warning(
-            "no Lease support in this build: make sure no meshbridge serve with "
-            "catalog sync runs against the same Consul node"
-        )
+        from bridge.cli.wiring import live_lease_holder
+
+        holder = live_lease_holder(config)
+        if holder:
+            raise MeshbridgeError(
+                f"{holder} holds Lease {config.gateway.namespace}/meshbridge-catalog-sync "
+                "and syncs the catalog: not writing (use --dry-run to see the plan, or stop "
+                "that replica's catalog sync)"
+            )
     asyncio.run(_plan_and_apply(spec, config, args.dry_run))
     return EXIT_OK

@@ -144,14 +144,37 @@ def catalog_sync_settings(config: Config) -> CatalogSyncSettings:
     )
 
 
-def token_source(path: str, audience: str, key: str) -> TokenSource:
+def token_source(
+    path: str, audience: str, key: str, token_request: TokenSource | None
+) -> TokenSource:
     """The gateway's service-account token for ``audience``: a projected file, else TokenRequest."""
     if path:
         return FileTokenSource(path, audience)
+    if token_request is not None:
+        return token_request
     raise ConfigError(
-        f"set a projected service-account token file (audience {audience}): "
-        "TokenRequest through the Kubernetes API is not available in this build",
+        f"set a projected service-account token file (audience {audience}): without "
+        "--source kubernetes there is no API server to ask for a token (TokenRequest)",
         key,
+    )
+
+
+def needs_token_request(config: Config) -> bool:
+    """Whether a CA mode is on without a token file (so TokenRequest is needed)."""
+    return (config.istio.identity == "ca" and not config.istio.token_file) or (
+        config.linkerd.mode == "ca" and not config.linkerd.token_file
+    )
+
+
+def token_request(config: Config) -> TokenSource:
+    """TokenRequest for ``gateway.namespace``/``gateway.service_account``."""
+    from adapters.kubernetes.client import load_api_client
+    from adapters.kubernetes.tokens import ServiceAccountTokens
+
+    return ServiceAccountTokens(
+        load_api_client(config.kubernetes.kubeconfig, config.kubernetes.context),
+        config.gateway.namespace,
+        config.gateway.service_account,
     )
 
 
@@ -159,16 +182,23 @@ def token_source(path: str, audience: str, key: str) -> TokenSource:
 
 
 def ca_identity_providers(
-    store: Store, config: Config, consul: ConsulClient | None = None
+    store: Store,
+    config: Config,
+    consul: ConsulClient | None = None,
+    *,
+    tokens: TokenSource | None = None,
 ) -> list[IdentityProvider]:
-    """The CA-backed providers the config turns on (Istio ``ca``, Linkerd ``ca``, Connect)."""
+    """The CA-backed providers the config turns on (Istio ``ca``, Linkerd ``ca``, Connect).
+
+    ``tokens`` (TokenRequest) serves a mesh whose ``token_file`` is not set.
+    """
     out: list[IdentityProvider] = []
     if config.istio.identity == "ca":
         ic = config.istio
         out.append(
             IstioCaProvider(
                 store,
-                token_source(ic.token_file, ISTIO_CA_AUDIENCE, "istio.token_file"),
+                token_source(ic.token_file, ISTIO_CA_AUDIENCE, "istio.token_file", tokens),
                 IstioRoots.file(ic.roots_file)
                 if ic.roots_file
                 else IstioRoots.config_map(store, config.gateway.namespace),
@@ -187,7 +217,7 @@ def ca_identity_providers(
         out.append(
             LinkerdIdentityProvider(
                 store,
-                token_source(lc.token_file, LINKERD_AUDIENCE, "linkerd.token_file"),
+                token_source(lc.token_file, LINKERD_AUDIENCE, "linkerd.token_file", tokens),
                 LinkerdRoots.file(lc.roots_file)
                 if lc.roots_file
                 else LinkerdRoots.config_map(store, lc.namespace),
@@ -384,6 +414,81 @@ class ConsulPart:
             self.to_consul.update(world, kubernetes_synced=True)
         if self.to_kubernetes is not None:
             self.to_kubernetes.update(world, kubernetes_synced=True)
+
+
+# -- leader election ------------------------------------------------------------------------
+
+
+class LeaseSource:
+    """The Kubernetes adapter's Lease elector as a :class:`bridge.app.Source`.
+
+    Campaigns until cancelled; on the way out the elector releases the Lease
+    so another replica takes over at once. Not a store source: it never
+    holds back publication.
+    """
+
+    name = "leader"
+
+    def __init__(self, elector: Any) -> None:
+        self.elector = elector
+
+    async def run(self) -> None:
+        await self.elector.run(asyncio.Event())
+
+
+def lease_elector(config: Config) -> Any:
+    """A :class:`adapters.kubernetes.leader.LeaseElector` on Lease
+    ``meshbridge-catalog-sync`` in ``gateway.namespace``."""
+    from adapters.kubernetes.client import load_api_client
+    from adapters.kubernetes.leader import LeaseElector, LeaseSettings
+
+    return LeaseElector(
+        load_api_client(config.kubernetes.kubeconfig, config.kubernetes.context),
+        LeaseSettings(namespace=config.gateway.namespace),
+    )
+
+
+def live_lease_holder(config: Config) -> str:
+    """Who holds the catalog-sync Lease now ("" when nobody, or the holder stopped renewing).
+
+    For the one-shot ``sync-catalog``: reads the Lease once and compares its
+    last renewal plus its duration with this machine's clock.
+    """
+    import datetime as dt
+
+    from kubernetes import client as k8s_client
+
+    from adapters.kubernetes.client import NotFound, call, load_api_client, read_json
+    from adapters.kubernetes.leader import LeaseSettings
+
+    settings = LeaseSettings(namespace=config.gateway.namespace)
+    api = k8s_client.CoordinationV1Api(
+        load_api_client(config.kubernetes.kubeconfig, config.kubernetes.context)
+    )
+    what = f"get lease {settings.namespace}/{settings.name}"
+    try:
+        resp = call(
+            what,
+            api.read_namespaced_lease,
+            settings.name,
+            settings.namespace,
+            _preload_content=False,
+            _request_timeout=(10, 10),
+        )
+    except NotFound:
+        return ""
+    spec = read_json(what, resp).get("spec") or {}
+    holder = str(spec.get("holderIdentity") or "")
+    renewed = str(spec.get("renewTime") or spec.get("acquireTime") or "")
+    if not holder or not renewed:
+        return ""
+    try:
+        at = dt.datetime.fromisoformat(renewed.replace("Z", "+00:00"))
+    except ValueError:
+        return holder  # unreadable: assume it is live
+    duration = float(spec.get("leaseDurationSeconds") or settings.lease_duration_s)
+    live = dt.datetime.now(dt.UTC) < at + dt.timedelta(seconds=duration)
+    return holder if live else ""
 
 
 # -- Kubernetes writes for Consul → Kubernetes ---------------------------------------------
