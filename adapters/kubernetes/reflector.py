@@ -59,6 +59,9 @@ from bridge.sources.convert import InvalidObject, parse_object
 
 log = logging.getLogger(__name__)
 
+# Watch events handed to the loop in one callback, at most.
+MAX_BATCH = 500
+
 
 @dataclass(frozen=True, slots=True)
 class _KindApi:
@@ -393,7 +396,9 @@ class Reflector:
                 if b"\n" not in buf:
                     continue
                 *lines, buf = buf.split(b"\n")
-                self._handle_lines(lines, what)
+                # Bounded batches keep each loop callback short under a flood.
+                for i in range(0, len(lines), MAX_BATCH):
+                    self._handle_lines(lines[i : i + MAX_BATCH], what)
             clean = not self._stop.is_set()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             if self._stop.is_set():
