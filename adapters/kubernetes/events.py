@@ -25,7 +25,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +35,9 @@ from kubernetes import client as k8s_client
 from adapters.kubernetes.client import call, read_json
 from bridge.errors import SourceError
 from bridge.model.diagnostics import Diagnostic, Severity
+from bridge.model.ir import Resolved
 from bridge.model.k8s import Kind, ObjectRef
+from bridge.model.world import World
 
 log = logging.getLogger(__name__)
 
@@ -202,19 +204,25 @@ class EventRecorder:
 
 
 class DiagnosticEvents:
-    """Emits an Event for each Service diagnostic that is new since the last call."""
+    """Emits an Event for each Service diagnostic that is new since the last call.
+
+    Use :meth:`update` directly, or :meth:`observe` as a pipeline observer
+    (``pipeline.observers.append(events.observe)``); call :meth:`aclose` on
+    shutdown to let the writes it scheduled finish.
+    """
 
     def __init__(self, recorder: EventRecorder) -> None:
         self.recorder = recorder
         self._current: frozenset[Diagnostic] = frozenset()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def update(
-        self, diags: Iterable[Diagnostic], uids: dict[ObjectRef, str] | None = None
-    ) -> int:
-        """Record the new diagnostics; returns how many were new."""
+    def _new(self, diags: Iterable[Diagnostic]) -> list[Diagnostic]:
         now = frozenset(d for d in diags if d.ref.kind is Kind.SERVICE)
         new = sorted(now - self._current)
         self._current = now
+        return new
+
+    async def _emit(self, new: list[Diagnostic], uids: Mapping[ObjectRef, str]) -> None:
         for d in new:
             message = f"{d.field}: {d.message}" if d.field else d.message
             if d.fix:
@@ -224,6 +232,28 @@ class DiagnosticEvents:
                 reason_of(d.code),
                 message,
                 "Normal" if d.severity is Severity.INFO else "Warning",
-                (uids or {}).get(d.ref, ""),
+                uids.get(d.ref, ""),
             )
+
+    async def update(
+        self, diags: Iterable[Diagnostic], uids: Mapping[ObjectRef, str] | None = None
+    ) -> int:
+        """Record the new diagnostics; returns how many were new."""
+        new = self._new(diags)
+        await self._emit(new, uids or {})
         return len(new)
+
+    def observe(self, world: World, resolved: Resolved, _stats: object) -> None:
+        """Pipeline observer: schedules the Events for this build's new diagnostics."""
+        new = self._new(resolved.diagnostics)
+        if not new:
+            return
+        uids = {d.ref: svc.uid for d in new if (svc := world.services.get(d.ref)) is not None}
+        task = asyncio.get_running_loop().create_task(self._emit(new, uids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Wait for the Event writes already scheduled (each is bounded by its timeouts)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

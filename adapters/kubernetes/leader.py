@@ -42,6 +42,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from adapters.kubernetes.client import Conflict, NotFound, call, read_json
+from bridge.config import Config
 from bridge.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,13 @@ class LeaseSettings:
             raise ValueError(
                 "lease timings must satisfy retry_period < renew_deadline < lease_duration"
             )
+
+
+def lease_settings_for(config: Config, identity: str = "") -> LeaseSettings:
+    """The catalog-sync Lease in the gateway's namespace; identity defaults to host and pid."""
+    return LeaseSettings(
+        namespace=config.gateway.namespace, identity=identity or default_identity()
+    )
 
 
 def _micro_time(t: datetime) -> str:

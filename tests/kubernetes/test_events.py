@@ -102,3 +102,22 @@ async def test_diagnostic_events_only_for_new_service_diagnostics(
     (ev1,) = [e for e in events(kube) if e["reason"] == "AnnotationInvalid"]
     assert ev1["count"] == 2
     assert reason_of("port.ambiguous") == "PortAmbiguous"
+
+
+async def test_pipeline_observer_writes_events_for_new_diagnostics(
+    kube: KubeApiServer, api_client: Any
+) -> None:
+    from bridge.model.frozen import FrozenDict
+    from bridge.model.ir import Ir, Resolved
+    from bridge.model.k8s import K8sService
+    from bridge.model.world import World
+
+    de = DiagnosticEvents(EventRecorder(api_client, clock=FakeClock()))
+    d = Diagnostic(WEB, "spec.ports", "several ports", code="port.ambiguous")
+    world = World(services=FrozenDict({WEB: K8sService("shop", "web", uid="uid-web")}))
+    resolved = Resolved(services=FrozenDict(), ir=Ir(), diagnostics=(d,))
+    de.observe(world, resolved, None)
+    de.observe(world, resolved, None)  # the next build, same diagnostic: nothing new
+    await de.aclose()
+    (ev,) = events(kube)
+    assert ev["reason"] == "PortAmbiguous" and ev["involvedObject"]["uid"] == "uid-web"
