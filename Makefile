@@ -38,7 +38,7 @@ golden: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests/golden --update-goldens
 
 bench: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/build.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/full_build.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
