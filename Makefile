@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test check lint typecheck contracts unit e2e bench golden clean
+.PHONY: venv demo test lint typecheck contracts bench golden clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
