@@ -68,15 +68,19 @@ def build_ssl_context(settings: ConsulClientSettings) -> ssl.SSLContext | bool:
     """TLS to the agent (CA, client certificate), or False for plain HTTP."""
     if settings.scheme != "https":
         return False
+    ca_loaded = False
     try:
         ctx = ssl.create_default_context(cafile=settings.ca_file)
+        ca_loaded = True
         if settings.cert_file and settings.key_file:
             ctx.load_cert_chain(settings.cert_file, settings.key_file)
     except (OSError, ssl.SSLError) as exc:
+        # Name the file that failed: the CA is loaded first, then the key pair.
+        key = "consul.tls.ca_file" if not ca_loaded else "consul.tls.cert_file"
         raise ConfigError(
             f"cannot load Consul TLS files (CA {settings.ca_file!r}, "
             f"certificate {settings.cert_file!r}): {exc}",
-            path="consul.ca_file",
+            path=key,
         ) from exc
     if not settings.verify:
         ctx.check_hostname = False

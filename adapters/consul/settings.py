@@ -1,17 +1,18 @@
 """How to reach Consul: address, TLS, token, datacenter, namespace/partition.
 
-:meth:`ConsulClientSettings.from_env` reads Consul's standard environment
-variables the way Consul's own CLI does; the config file's values are then
-applied on top with :meth:`ConsulClientSettings.with_overrides`, so the file
-wins over the environment. This module reads no files: the CA and client
-certificate paths are only opened by :mod:`adapters.consul.client` when it
-builds its TLS context.
+The values come from the config file's ``consul`` section, turned into these
+settings by the CLI wiring with :meth:`ConsulClientSettings.with_overrides`.
+Consul's standard environment variables (``CONSUL_HTTP_ADDR``,
+``CONSUL_HTTP_TOKEN``, ...) are read in one place only, :mod:`bridge.config`,
+which fills the section's unset keys from them. This module reads no
+environment and no files (the CA and client certificate paths are opened by
+:mod:`adapters.consul.client` when it builds its TLS context). Its errors name
+the config key to fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,40 +43,6 @@ class ConsulClientSettings:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ConsulClientSettings:
-        """Defaults from ``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_TOKEN``, ``CONSUL_HTTP_SSL``, ...
-
-        Pass ``os.environ`` (the caller reads the environment; this function
-        only parses the mapping it is given).
-        """
-        s = cls()
-        updates: dict[str, Any] = {}
-        addr = env.get("CONSUL_HTTP_ADDR", "").strip()
-        if addr:
-            updates.update(_parse_addr(addr, "CONSUL_HTTP_ADDR"))
-        ssl_flag = env.get("CONSUL_HTTP_SSL", "").strip().lower()
-        if ssl_flag:
-            # As in Consul's CLI, CONSUL_HTTP_SSL decides the scheme over the address's.
-            updates["scheme"] = "https" if _truthy(ssl_flag, "CONSUL_HTTP_SSL") else "http"
-        verify = env.get("CONSUL_HTTP_SSL_VERIFY", "").strip().lower()
-        if verify:
-            updates["verify"] = _truthy(verify, "CONSUL_HTTP_SSL_VERIFY")
-        token = env.get("CONSUL_HTTP_TOKEN", "").strip()
-        if token:
-            updates["token"] = SecretBytes(token)
-        for var, fname in (
-            ("CONSUL_CACERT", "ca_file"),
-            ("CONSUL_CLIENT_CERT", "cert_file"),
-            ("CONSUL_CLIENT_KEY", "key_file"),
-            ("CONSUL_NAMESPACE", "namespace"),
-            ("CONSUL_PARTITION", "partition"),
-        ):
-            value = env.get(var, "").strip()
-            if value:
-                updates[fname] = value
-        return dataclasses.replace(s, **updates).validated()
-
     def with_overrides(self, **values: Any) -> ConsulClientSettings:
         """Apply the config file's values (``None`` = not set in the file, keep the default).
 
@@ -93,7 +60,7 @@ class ConsulClientSettings:
             elif key in ConsulClientSettings.__dataclass_fields__:
                 updates[key] = value
             else:
-                raise ConfigError(f"unknown Consul setting {key!r}", path=f"consul.{key}")
+                raise ConfigError(f"unknown Consul setting {key!r}", path=config_key(key))
         return dataclasses.replace(self, **updates).validated()
 
     def validated(self) -> ConsulClientSettings:
@@ -103,13 +70,13 @@ class ConsulClientSettings:
             )
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError(
-                "a client certificate needs both a certificate and a key file "
-                "(CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, "
-                "or consul.cert_file and consul.key_file)",
-                path="consul.cert_file",
+                "a client certificate needs both consul.tls.cert_file and "
+                "consul.tls.key_file (or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)",
+                path="consul.tls.key_file" if self.cert_file else "consul.tls.cert_file",
             )
         if self.wait_s <= 0 or self.min_interval_s < 0:
-            raise ConfigError("wait must be > 0 and min interval >= 0", path="consul.wait_s")
+            # Not config keys: only code sets these, so the error names the fields.
+            raise ValueError("ConsulClientSettings: wait_s must be > 0 and min_interval_s >= 0")
         return self
 
     @property
@@ -117,12 +84,20 @@ class ConsulClientSettings:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
-def _truthy(value: str, name: str) -> bool:
-    if value in ("1", "true", "t", "yes"):
-        return True
-    if value in ("0", "false", "f", "no"):
-        return False
-    raise ConfigError(f"{name}={value!r} is not a boolean (use true or false)", path=name)
+# The config file's key for each setting that comes from it (errors name these).
+CONFIG_KEYS = {
+    "ca_file": "consul.tls.ca_file",
+    "cert_file": "consul.tls.cert_file",
+    "key_file": "consul.tls.key_file",
+    "verify": "consul.tls_verify",
+    "host": "consul.address",
+    "port": "consul.address",
+}
+
+
+def config_key(field_name: str) -> str:
+    """``consul.tls.cert_file`` for ``cert_file``: where a user sets this setting."""
+    return CONFIG_KEYS.get(field_name, f"consul.{field_name}")
 
 
 def _parse_addr(addr: str, name: str) -> dict[str, Any]:

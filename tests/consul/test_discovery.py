@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.consul.client import Backoff, BlockingIndex, ConsulClient
+from adapters.consul.client import Backoff, BlockingIndex, ConsulClient, build_ssl_context
 from adapters.consul.discovery import ConsulDiscovery
 from adapters.consul.settings import ConsulClientSettings
 from bridge.errors import ConfigError
@@ -293,44 +293,42 @@ async def test_read_timeout_exceeds_wait_plus_maximum_jitter() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "expect"),
+    ("address", "expect"),
     [
-        pytest.param({}, ("127.0.0.1", 8500, "http"), id="defaults"),
-        pytest.param({"CONSUL_HTTP_ADDR": "consul:8501"}, ("consul", 8501, "http"), id="host-port"),
+        pytest.param("consul:8501", ("consul", 8501, "http"), id="host-port"),
         pytest.param(
-            {"CONSUL_HTTP_ADDR": "https://consul.example:443"},
-            ("consul.example", 443, "https"),
-            id="scheme-in-address",
+            "https://consul.example:443", ("consul.example", 443, "https"), id="scheme-in-address"
         ),
-        pytest.param(
-            {"CONSUL_HTTP_ADDR": "10.0.0.5:8501", "CONSUL_HTTP_SSL": "true"},
-            ("10.0.0.5", 8501, "https"),
-            id="ssl-flag",
-        ),
+        pytest.param("https://consul.example", ("consul.example", 8501, "https"), id="https-port"),
     ],
 )
-def test_settings_from_env(env: dict[str, str], expect: tuple[str, int, str]) -> None:
-    s = ConsulClientSettings.from_env(env)
+def test_settings_address_forms(address: str, expect: tuple[str, int, str]) -> None:
+    s = ConsulClientSettings().with_overrides(address=address, token="t", datacenter=None)
     assert (s.host, s.port, s.scheme) == expect
+    assert s.token == SecretBytes("t") and "'t'" not in repr(s)
 
 
-def test_settings_env_then_config_overrides() -> None:
-    s = ConsulClientSettings.from_env(
-        {
-            "CONSUL_HTTP_TOKEN": "from-env",
-            "CONSUL_CACERT": "/etc/ca.pem",
-            "CONSUL_CLIENT_CERT": "/etc/c.pem",
-            "CONSUL_CLIENT_KEY": "/etc/k.pem",
-        }
-    )
-    assert s.token == SecretBytes("from-env") and "from-env" not in repr(s)
-    s = s.with_overrides(address="https://c:8501", token="from-file", datacenter=None)
-    assert (s.host, s.port, s.scheme, s.ca_file) == ("c", 8501, "https", "/etc/ca.pem")
-    assert s.token == SecretBytes("from-file")
-    with pytest.raises(ConfigError, match=r"consul.cert_file"):
-        ConsulClientSettings.from_env({"CONSUL_CLIENT_CERT": "/etc/c.pem"})
-    with pytest.raises(ConfigError, match=r"CONSUL_HTTP_SSL"):
-        ConsulClientSettings.from_env({"CONSUL_HTTP_SSL": "maybe"})
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        pytest.param({"cert_file": "/etc/c.pem"}, "consul.tls.key_file", id="cert-without-key"),
+        pytest.param({"key_file": "/etc/k.pem"}, "consul.tls.cert_file", id="key-without-cert"),
+        pytest.param({"address": "unix:///run/consul.sock"}, "consul.address", id="unix-socket"),
+        pytest.param({"scheme": "ftp"}, "consul.address", id="bad-scheme"),
+    ],
+)
+def test_settings_errors_name_the_config_key(values: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ConsulClientSettings().with_overrides(**values)
+    assert err.value.path == key and str(err.value).startswith(f"{key}: ")
+
+
+def test_unreadable_tls_file_names_its_config_key(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.pem")
+    s = ConsulClientSettings(scheme="https", ca_file=missing)
+    with pytest.raises(ConfigError) as err:
+        build_ssl_context(s)
+    assert err.value.path == "consul.tls.ca_file" and "nope.pem" in str(err.value)
 
 
 @pytest.mark.parametrize(
