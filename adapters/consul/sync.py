@@ -18,8 +18,9 @@ on each of its known failures:
 - every instance carries a ``kubernetes-readiness`` check: endpoint instances
   from the EndpointSlice ``ready`` condition, LoadBalancer/externalIP
   instances from "the Service has a ready endpoint".
-- drift: a blocking query on ``/v1/catalog/node-services/<node>`` notices
-  changes made behind our back and triggers a re-read and re-diff.
+- drift: blocking queries on ``/v1/catalog/node-services/<node>`` (services)
+  and ``/v1/health/node/<node>`` (our checks' status) notice changes made
+  behind our back and trigger a re-read and re-diff.
 
 The desired state is computed by pure functions (:func:`desired_registrations`)
 from the World; only :class:`ToConsulSyncer`, :class:`ToKubernetesSyncer` and
@@ -37,7 +38,7 @@ import fnmatch
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -684,38 +685,62 @@ class ToConsulSyncer:
             yield from regs
 
     async def _watch_drift(self) -> None:
-        """Notice changes to our node made by others; re-read and re-diff then."""
-        path = f"/v1/catalog/node-services/{self.settings.node_name}"
+        """Notice changes to our node made by others; re-read and re-diff then.
 
-        def on_reply(reply: Reply) -> None:
-            if self._actual is None:
-                return
-            seen = node_state_from(reply.body, None, self.settings.tag)
-            ours = {
-                sid: dataclasses.replace(r, status="") for sid, r in self._actual.services.items()
-            }
+        Two blocking queries, because Consul keeps services and checks in
+        separate tables (a check-status change does not wake a node-services
+        query): ``/v1/catalog/node-services/<node>`` for the services and
+        ``/v1/health/node/<node>`` for our readiness checks' status.
+        """
+        node = self.settings.node_name
+        tag = self.settings.tag
+
+        def services_drifted(reply: Reply, actual: NodeState) -> bool:
+            seen = node_state_from(reply.body, None, tag)
+            ours = {sid: dataclasses.replace(r, status="") for sid, r in actual.services.items()}
             theirs = {sid: dataclasses.replace(r, status="") for sid, r in seen.services.items()}
-            if ours != theirs or seen.node_exists != self._actual.node_exists:
-                if not self._idle.is_set():
-                    return  # our own writes are in flight: the next diff sees them
-                log.info(
-                    "Consul node %s changed behind our back; resyncing", self.settings.node_name
-                )
-                self._actual = None
-                self._idle.clear()
-                self._dirty.set()
+            return ours != theirs or seen.node_exists != actual.node_exists
 
-        async def on_reply_after_sync(reply: Reply) -> None:
-            on_reply(reply)
-            # While we write, every transaction would wake this query and each answer
-            # lists the whole node: wait until our writes are done, then look once.
-            await self._idle.wait()
+        def checks_drifted(reply: Reply, actual: NodeState) -> bool:
+            status = {
+                str(c.get("CheckID")): str(c.get("Status", ""))
+                for c in (reply.body or [])
+                if isinstance(c, Mapping)
+            }
+            # Only our own registrations' checks: a missing or flipped check is drift.
+            return any(status.get(r.check_id, "") != r.status for r in actual.services.values())
 
-        def on_error(exc: Exception) -> None:
-            log.debug("catalog sync drift watch: %s", exc)
+        def watcher(
+            what: str, drifted: Callable[[Reply, NodeState], bool]
+        ) -> tuple[Callable[[Reply], Awaitable[None]], Callable[[Exception], None]]:
+            async def on_reply(reply: Reply) -> None:
+                actual = self._actual
+                if actual is not None and self._idle.is_set() and drifted(reply, actual):
+                    # (While our own writes are in flight the next diff sees them.)
+                    log.info("Consul node %s: %s changed behind our back; resyncing", node, what)
+                    self._actual = None
+                    self._idle.clear()
+                    self._dirty.set()
+                # While we write, every transaction would wake this query and each answer
+                # lists the whole node: wait until our writes are done, then look once.
+                await self._idle.wait()
 
-        await run_blocking(
-            self.client, path, self.client.scope_params(), on_reply_after_sync, on_error
+            def on_error(exc: Exception) -> None:
+                log.debug("catalog sync drift watch (%s): %s", what, exc)
+
+            return on_reply, on_error
+
+        scope = self.client.scope_params()
+        await asyncio.gather(
+            run_blocking(
+                self.client,
+                f"/v1/catalog/node-services/{node}",
+                scope,
+                *watcher("services", services_drifted),
+            ),
+            run_blocking(
+                self.client, f"/v1/health/node/{node}", scope, *watcher("checks", checks_drifted)
+            ),
         )
 
 

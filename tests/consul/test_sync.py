@@ -325,6 +325,30 @@ async def test_drift_behind_our_back_is_repaired(agent: ConsulAgent, client: Con
         await async_wait_for(lambda: victim in agent.services_on("k8s-sync"), timeout=5)
 
 
+async def test_check_status_drift_is_repaired(agent: ConsulAgent, client: ConsulClient) -> None:
+    """Someone flips our readiness check: the syncer puts Kubernetes' verdict back."""
+    store = Store()
+    fill(store, 2, 1)
+    syncer = ToConsulSyncer(client, S)
+
+    def statuses() -> set[str]:
+        return {c["Status"] for c in agent.checks_on("k8s-sync").values()}
+
+    async with running(syncer):
+        syncer.update(store.take()[0], kubernetes_synced=True)
+        await asyncio.wait_for(syncer.wait_idle(), 5)
+        assert statuses() == {"passing"}
+        before = txns(agent)
+        victim = sorted(agent.services_on("k8s-sync"))[0]
+        agent.set_check_status("k8s-sync", victim, "critical")
+        await async_wait_for(lambda: statuses() == {"passing"}, timeout=5, what="check repaired")
+        await asyncio.wait_for(syncer.wait_idle(), 5)
+        # One transaction rewrites the one drifted registration, nothing else.
+        assert txns(agent) == before + 1
+        last = [r for r in agent.requests if r.path == "/v1/txn"][-1]
+        assert last.ops == 2  # its service and its check
+
+
 class Gate:
     def __init__(self) -> None:
         self.event = asyncio.Event()
