@@ -675,6 +675,24 @@ class _Stream:
         return self._finish(ts, _Sent(ts.type_url, version, items, before, ""), payload, len(send))
 
 
+class _Payload:
+    """One encoded response, handed to gRPC and emptied when gRPC takes the bytes.
+
+    gRPC's driver of a streaming handler keeps the last message it sent
+    referenced until the next one; an Envoy's full EDS reply is megabytes, so
+    bare bytes would stay alive per idle stream. The serializer takes them out.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def take(self) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
 def _error(req: Any) -> str | None:
     """The NACK message of a request, or None for an ACK or a plain request."""
     if not req.HasField("error_detail"):
@@ -699,6 +717,9 @@ class AdsServer:
         self.observer: XdsObserver = observer or NullObserver()
         self.clock = clock
         self._streams: set[_Stream] = set()
+        self._handlers = 0  # stream handlers running (_serve), streams or not yet
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._last_nack: dict[str, Nack] = {}
         self._logged_nacks: set[tuple[str, str, str]] = set()
         self.nack_counts: collections.Counter[str] = collections.Counter()
@@ -743,26 +764,35 @@ class AdsServer:
                 message,
             )
 
+    async def wait_closed(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+        """Wait until every stream handler has finished (after the server stopped).
+
+        Returns whether they did within ``timeout`` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # -- gRPC ----------------------------------------------------------------
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The gRPC handler for both ADS methods; responses are pre-encoded bytes."""
-
-        def identity(b: bytes) -> bytes:
-            return b
-
+        take = _Payload.take
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 SOTW_METHOD: grpc.stream_stream_rpc_method_handler(
                     functools.partial(self._serve, delta=False),
                     request_deserializer=discovery_v3.DiscoveryRequest.FromString,
-                    response_serializer=identity,
+                    response_serializer=take,
                 ),
                 DELTA_METHOD: grpc.stream_stream_rpc_method_handler(
                     functools.partial(self._serve, delta=True),
                     request_deserializer=discovery_v3.DeltaDiscoveryRequest.FromString,
-                    response_serializer=identity,
+                    response_serializer=take,
                 ),
             },
         )
@@ -773,76 +803,87 @@ class AdsServer:
         context: grpc.aio.ServicerContext[Any, bytes],
         *,
         delta: bool,
-    ) -> AsyncIterator[bytes]:
-        iterator = aiter(requests)
+    ) -> AsyncIterator[_Payload]:
+        self._handlers += 1
+        self._idle.clear()
         try:
-            first = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        node_id = first.node.id
-        if not node_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first request on an ADS stream must carry node.id",
+            iterator = aiter(requests)
+            try:
+                first = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            node_id = first.node.id
+            if not node_id:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the first request on an ADS stream must carry node.id",
+                )
+            policy = self.cache.policy
+            if not policy.may_connect(node_id):
+                log.warning("refused xDS stream from node %r (peer %s)", node_id, context.peer())
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"node id {node_id!r} is not allowed: add it to the allowed node ids "
+                    "of the xDS server configuration",
+                )
+            peer = context.peer()
+            mtls = bool(context.peer_identities())
+            stream = _Stream(
+                self,
+                node_id=node_id,
+                group=self.cache.group_of(node_id),
+                delta=delta,
+                peer=peer,
+                secrets=policy.may_receive_secrets(node_id) and private_transport(peer, mtls),
             )
-        policy = self.cache.policy
-        if not policy.may_connect(node_id):
-            log.warning("refused xDS stream from node %r (peer %s)", node_id, context.peer())
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"node id {node_id!r} is not allowed: add it to the allowed node ids "
-                "of the xDS server configuration",
+            mode = "delta" if delta else "sotw"
+            stream.listen_port = listen_port_of(first.node)
+            stream.requests.append(first)
+            del first
+            stream.wake.set()
+            self._streams.add(stream)
+            unwatch = self.cache.watch(stream.group, lambda _group: stream.wake.set())
+            reader = asyncio.create_task(self._read(iterator, stream))
+            self.observer.on_connect(node_id, stream.group, mode)
+            log.info(
+                "xDS %s stream from node %r (group %r, peer %s)", mode, node_id, stream.group, peer
             )
-        peer = context.peer()
-        mtls = bool(context.peer_identities())
-        stream = _Stream(
-            self,
-            node_id=node_id,
-            group=self.cache.group_of(node_id),
-            delta=delta,
-            peer=peer,
-            secrets=policy.may_receive_secrets(node_id) and private_transport(peer, mtls),
-        )
-        mode = "delta" if delta else "sotw"
-        stream.listen_port = listen_port_of(first.node)
-        stream.requests.append(first)
-        stream.wake.set()
-        self._streams.add(stream)
-        unwatch = self.cache.watch(stream.group, lambda _group: stream.wake.set())
-        reader = asyncio.create_task(self._read(iterator, stream))
-        self.observer.on_connect(node_id, stream.group, mode)
-        log.info(
-            "xDS %s stream from node %r (group %r, peer %s)", mode, node_id, stream.group, peer
-        )
-        try:
-            while True:
-                await stream.wake.wait()
-                stream.wake.clear()
-                while stream.requests:
-                    req = stream.requests.popleft()
-                    if delta:
-                        stream.handle_delta(req)
-                    else:
-                        stream.handle_sotw(req)
-                if stream.closed:
-                    return
-                snap = self.cache.snapshot(stream.group)
-                if snap is None:
-                    continue  # nothing published yet: answer once the first snapshot is set
-                for payload in stream.respond(snap):
-                    yield payload
+            try:
+                while True:
+                    await stream.wake.wait()
+                    stream.wake.clear()
+                    # Requests are not kept past their handling: an Envoy's EDS request
+                    # names every cluster (hundreds of KB parsed), per stream.
+                    while stream.requests:
+                        if delta:
+                            stream.handle_delta(stream.requests.popleft())
+                        else:
+                            stream.handle_sotw(stream.requests.popleft())
+                    if stream.closed:
+                        return
+                    snap = self.cache.snapshot(stream.group)
+                    if snap is None:
+                        continue  # nothing published yet: answer once the first snapshot is set
+                    for payload in stream.respond(snap):
+                        yield _Payload(payload)
+                    payload = b""  # not held while this stream idles
+            finally:
+                unwatch()
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                self._streams.discard(stream)
+                self.observer.on_disconnect(node_id, stream.group, mode)
         finally:
-            unwatch()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            self._streams.discard(stream)
-            self.observer.on_disconnect(node_id, stream.group, mode)
+            self._handlers -= 1
+            if not self._handlers:
+                self._idle.set()
 
     @staticmethod
     async def _read(iterator: AsyncIterator[Any], stream: _Stream) -> None:
         try:
             async for req in iterator:
                 stream.requests.append(req)
+                del req  # not held while waiting for the next one
                 stream.wake.set()
         except (asyncio.CancelledError, grpc.RpcError):
             pass

@@ -128,6 +128,9 @@ class XdsServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+            # gRPC returns once the calls are cancelled; let their handlers finish
+            # their own clean-up (unwatch the cache, end their reader tasks).
+            await self.ads.wait_closed()
 
     async def __aenter__(self) -> XdsServer:
         await self.start()
