@@ -31,6 +31,7 @@ from bridge.model.k8s import (
     K8sConfigMap,
     K8sEndpointSlice,
     K8sNamespace,
+    K8sNode,
     K8sObject,
     K8sPod,
     K8sSecret,
@@ -48,6 +49,7 @@ _FIELD_BY_KIND: dict[Kind, str] = {
     Kind.POD: "pods",
     Kind.CONFIG_MAP: "config_maps",
     Kind.SECRET: "secrets",
+    Kind.NODE: "nodes",
 }
 _KIND_BY_TYPE: dict[type, Kind] = {
     K8sService: Kind.SERVICE,
@@ -56,6 +58,7 @@ _KIND_BY_TYPE: dict[type, Kind] = {
     K8sPod: Kind.POD,
     K8sConfigMap: Kind.CONFIG_MAP,
     K8sSecret: Kind.SECRET,
+    K8sNode: Kind.NODE,
 }
 
 
@@ -67,8 +70,8 @@ def consul_ref(key: ConsulServiceKey) -> ObjectRef:
 
 
 def _key(ref: ObjectRef) -> Any:
-    # Namespaces are keyed by name alone in the World.
-    return ref.name if ref.kind is Kind.NAMESPACE else ref
+    # Namespaces and Nodes (cluster-scoped) are keyed by name alone in the World.
+    return ref.name if ref.kind is Kind.NAMESPACE or ref.kind is Kind.NODE else ref
 
 
 class Store:

@@ -109,6 +109,7 @@ KIND_APIS: dict[Kind, _KindApi] = {
         "ConfigMap",
         "/api/v1/configmaps",
     ),
+    Kind.NODE: _KindApi("CoreV1Api", "list_node", None, "v1", "Node", "/api/v1/nodes"),
     Kind.SECRET: _KindApi(
         "CoreV1Api",
         "list_secret_for_all_namespaces",
@@ -475,7 +476,8 @@ class Reflector:
         if not isinstance(name, str) or not name:
             return None
         ns = md.get("namespace") or ""
-        return ObjectRef(self.spec.kind, ns if self.spec.kind is not Kind.NAMESPACE else "", name)
+        cluster_scoped = self.spec.kind is Kind.NAMESPACE or self.spec.kind is Kind.NODE
+        return ObjectRef(self.spec.kind, "" if cluster_scoped else ns, name)
 
     def _convert(
         self,

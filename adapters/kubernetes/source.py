@@ -12,7 +12,9 @@ What is watched (:meth:`KubernetesSourceSettings.specs`):
   per-namespace defaults;
 - the trust-root ConfigMaps by name (``istio-ca-root-cert``,
   ``linkerd-identity-trust-roots``) in the namespaces that hold them;
-- Secrets named in the configuration, each by name: never all Secrets.
+- Secrets named in the configuration, each by name: never all Secrets;
+- Nodes (all; cluster-scoped) only when catalog sync to Consul is on: a
+  NodePort Service is registered at its nodes' addresses.
 
 Each reflector is its own store source (``kubernetes:Service/ns``, ...), so
 a relist swaps exactly that scope with :meth:`bridge.store.Store.replace`
@@ -52,6 +54,7 @@ class KubernetesSourceSettings:
     kubeconfig: str = ""
     context: str = ""
     watch_pods: bool = True
+    watch_nodes: bool = False
     # (namespace, name) of ConfigMaps and Secrets to watch by name.
     config_maps: tuple[tuple[str, str], ...] = ()
     secrets: tuple[tuple[str, str], ...] = ()
@@ -80,6 +83,7 @@ class KubernetesSourceSettings:
             context=config.kubernetes.context,
             config_maps=tuple(sorted(cms)),
             secrets=tuple(sorted(set(secrets))),
+            watch_nodes=config.catalog_sync.to_consul.enabled,
         )
 
     def specs(self) -> list[WatchSpec]:
@@ -92,6 +96,8 @@ class KubernetesSourceSettings:
         else:
             out.extend(WatchSpec(k) for k in kinds)
             out.append(WatchSpec(Kind.NAMESPACE))
+        if self.watch_nodes:
+            out.append(WatchSpec(Kind.NODE))
         out.extend(WatchSpec(Kind.CONFIG_MAP, ns, name) for ns, name in self.config_maps)
         out.extend(WatchSpec(Kind.SECRET, ns, name) for ns, name in self.secrets)
         return out

@@ -21,6 +21,7 @@ class Kind(StrEnum):
     POD = "Pod"
     CONFIG_MAP = "ConfigMap"
     SECRET = "Secret"
+    NODE = "Node"
     CONSUL_SERVICE = "ConsulService"
     FILE = "File"
     IDENTITY = "Identity"  # a mesh identity of the gateway (name = the mesh)
@@ -155,4 +156,26 @@ class K8sSecret:
         return ObjectRef(Kind.SECRET, self.namespace, self.name)
 
 
-K8sObject = K8sService | K8sEndpointSlice | K8sNamespace | K8sPod | K8sConfigMap | K8sSecret
+@dataclass(frozen=True, slots=True)
+class K8sNode:
+    """A cluster node: its addresses by type (``InternalIP``, ``ExternalIP``, ``Hostname``, ...).
+
+    Read only for catalog sync (NodePort Services register node addresses).
+    """
+
+    name: str
+    addresses: tuple[tuple[str, str], ...] = ()  # (type, address), in the node's order
+    labels: FrozenDict[str, str] = EMPTY
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(Kind.NODE, "", self.name)
+
+    def addresses_of(self, type_: str) -> tuple[str, ...]:
+        """The node's addresses of one type (``InternalIP``, ...), in order."""
+        return tuple(a for t, a in self.addresses if t == type_)
+
+
+K8sObject = (
+    K8sService | K8sEndpointSlice | K8sNamespace | K8sPod | K8sConfigMap | K8sSecret | K8sNode
+)

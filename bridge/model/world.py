@@ -19,6 +19,7 @@ from bridge.model.k8s import (
     K8sConfigMap,
     K8sEndpointSlice,
     K8sNamespace,
+    K8sNode,
     K8sPod,
     K8sSecret,
     K8sService,
@@ -39,6 +40,8 @@ class World:
     config_maps: Mapping[ObjectRef, K8sConfigMap] = field(default_factory=FrozenDict)
     secrets: Mapping[ObjectRef, K8sSecret] = field(default_factory=FrozenDict)
     consul_services: Mapping[ConsulServiceKey, ConsulService] = field(default_factory=FrozenDict)
+    # Cluster nodes by name: watched only when catalog sync to Consul is on.
+    nodes: Mapping[str, K8sNode] = field(default_factory=FrozenDict)
     # Mesh identities and trust bundles from the identity providers, by SDS name.
     mesh_secrets: Mapping[SecretName, Secret] = field(default_factory=FrozenDict)
     # Problems the sources found (a file that failed to parse, ...).
@@ -54,6 +57,9 @@ class World:
 
     def namespace(self, name: str) -> K8sNamespace | None:
         return self.namespaces.get(name)
+
+    def node(self, name: str) -> K8sNode | None:
+        return self.nodes.get(name)
 
     def pod(self, namespace: str, name: str) -> K8sPod | None:
         return self.pods.get(ObjectRef(Kind.POD, namespace, name))

@@ -8,7 +8,7 @@ required field, or an unsupported ``apiVersion``/``kind`` raises
 :class:`InvalidObject` naming where the object came from, the object and the
 field path.
 
-Supported: v1 Service, Namespace, Pod, ConfigMap, Secret and
+Supported: v1 Service, Namespace, Pod, ConfigMap, Secret, Node and
 discovery.k8s.io/v1 EndpointSlice.
 
 It sits on the hot path of the Kubernetes adapter (100k endpoints on a
@@ -30,6 +30,7 @@ from bridge.model.k8s import (
     K8sConfigMap,
     K8sEndpointSlice,
     K8sNamespace,
+    K8sNode,
     K8sObject,
     K8sPod,
     K8sSecret,
@@ -74,6 +75,7 @@ SUPPORTED: frozenset[tuple[str, str]] = frozenset(
         ("v1", "Pod"),
         ("v1", "ConfigMap"),
         ("v1", "Secret"),
+        ("v1", "Node"),
         ("discovery.k8s.io/v1", "EndpointSlice"),
     }
 )
@@ -97,7 +99,7 @@ def parse_object(d: Mapping[str, Any], where: str) -> K8sObject:
             "",
             "kind" if api_version else "apiVersion",
             f"unsupported object {shown} (meshbridge reads v1 Service, Namespace, Pod, "
-            "ConfigMap, Secret and discovery.k8s.io/v1 EndpointSlice)",
+            "ConfigMap, Secret, Node and discovery.k8s.io/v1 EndpointSlice)",
         )
     assert isinstance(kind, str)
     return parse(_Ctx(where, kind, d))
@@ -459,11 +461,30 @@ def _secret(ctx: _Ctx) -> K8sSecret:
     )
 
 
+def _node(ctx: _Ctx) -> K8sNode:
+    meta = _metadata(ctx, namespaced=False)
+    status = _map(ctx, ctx.d, "status", "status")
+    addresses = []
+    for i, item in enumerate(_list(ctx, status, "addresses", "status.addresses")):
+        path = f"status.addresses[{i}]"
+        if not isinstance(item, Mapping):
+            raise ctx.wrong(path, "a mapping", item)
+        type_ = _req_str(ctx, item, "type", f"{path}.type")
+        address = _req_str(ctx, item, "address", f"{path}.address")
+        addresses.append((type_, address))
+    return K8sNode(
+        name=ctx.name,
+        addresses=tuple(addresses),
+        labels=_str_map(ctx, meta, "labels", "metadata.labels"),
+    )
+
+
 _PARSERS: dict[tuple[Any, Any], Callable[[_Ctx], K8sObject]] = {
     ("v1", "Service"): _service,
     ("v1", "Namespace"): _namespace,
     ("v1", "Pod"): _pod,
     ("v1", "ConfigMap"): _config_map,
     ("v1", "Secret"): _secret,
+    ("v1", "Node"): _node,
     ("discovery.k8s.io/v1", "EndpointSlice"): _endpoint_slice,
 }

@@ -268,7 +268,12 @@ def test_consul_token_intentions_and_catalog_sync() -> None:
     find(docs, "Namespace", ns)
     role = find(docs, "Role", "meshbridge-catalog-sync", namespace=ns)
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "update", "delete"]}
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]}
+    ]
+    # NodePort Services register node addresses: Nodes are read, never written.
+    nodes = find(docs, "ClusterRole", "meshbridge-catalog-sync-nodes")
+    assert nodes["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}
     ]
     assert ns in config.catalog_sync.to_consul.deny_namespaces
 

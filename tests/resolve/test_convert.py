@@ -14,6 +14,7 @@ from bridge.model.k8s import (
     K8sConfigMap,
     K8sEndpointSlice,
     K8sNamespace,
+    K8sNode,
     K8sPod,
     K8sSecret,
     K8sService,
@@ -204,6 +205,81 @@ def test_pod_namespace_configmap() -> None:
         "c.yaml",
     )
     assert cm == K8sConfigMap(namespace="shop", name="roots", data={"root-cert.pem": "PEM"})  # type: ignore[arg-type]
+
+
+def _node(addresses: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "worker-1", "labels": {"topology.kubernetes.io/zone": "a"}},
+        "spec": {"podCIDR": "10.244.1.0/24"},
+        "status": {"addresses": addresses, "capacity": {"cpu": "4"}},
+    }
+
+
+def test_node_reads_its_addresses_by_type_in_order() -> None:
+    node = parse_object(
+        _node(
+            [
+                {"type": "InternalIP", "address": "172.18.0.2"},
+                {"type": "ExternalIP", "address": "203.0.113.7"},
+                {"type": "InternalIP", "address": "fd00::2"},
+                {"type": "Hostname", "address": "worker-1"},
+            ]
+        ),
+        "nodes.yaml",
+    )
+    assert node == K8sNode(
+        name="worker-1",
+        addresses=(
+            ("InternalIP", "172.18.0.2"),
+            ("ExternalIP", "203.0.113.7"),
+            ("InternalIP", "fd00::2"),
+            ("Hostname", "worker-1"),
+        ),
+        labels={"topology.kubernetes.io/zone": "a"},  # type: ignore[arg-type]
+    )
+    assert node.ref.namespace == "" and str(node.ref) == "Node worker-1"
+    assert node.addresses_of("InternalIP") == ("172.18.0.2", "fd00::2")
+    assert node.addresses_of("ExternalIP") == ("203.0.113.7",)
+    # A node that has not reported yet has no addresses: kept, matches nothing.
+    bare = _node(None)
+    del bare["status"]
+    assert parse_object(bare, "nodes.yaml") == K8sNode(
+        name="worker-1",
+        labels={"topology.kubernetes.io/zone": "a"},  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("addresses", "message"),
+    [
+        pytest.param(
+            [{"type": "InternalIP"}],
+            "Node worker-1: field status.addresses[0].address: required field is missing",
+            id="address-missing",
+        ),
+        pytest.param(
+            [{"type": "InternalIP", "address": 17}],
+            "field status.addresses[0].address: expected a string, got integer 17",
+            id="address-as-int",
+        ),
+        pytest.param(
+            ["172.18.0.2"],
+            "field status.addresses[0]: expected a mapping",
+            id="address-as-string",
+        ),
+        pytest.param(
+            {"InternalIP": "172.18.0.2"},
+            "field status.addresses: expected a list",
+            id="addresses-as-mapping",
+        ),
+    ],
+)
+def test_node_with_bad_addresses_names_the_field(addresses: Any, message: str) -> None:
+    with pytest.raises(InvalidObject) as err:
+        parse_object(_node(addresses), "nodes.yaml")
+    assert message in str(err.value)
 
 
 def test_secret_decodes_base64_and_merges_string_data_over_it() -> None:

@@ -2,8 +2,8 @@
 
 What it implements, as the real API server does it:
 
-- v1 ``services``, ``namespaces`` (cluster-scoped), ``pods``, ``configmaps``,
-  ``secrets``, ``serviceaccounts``, ``events``; ``discovery.k8s.io/v1``
+- v1 ``services``, ``namespaces`` and ``nodes`` (cluster-scoped), ``pods``,
+  ``configmaps``, ``secrets``, ``serviceaccounts``, ``events``; ``discovery.k8s.io/v1``
   ``endpointslices``; ``coordination.k8s.io/v1`` ``leases``;
   ``events.k8s.io/v1`` ``events``. Cluster-wide and namespaced collection paths.
 - list with ``labelSelector`` (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``),
@@ -82,6 +82,7 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "services", "Service", True),
     Resource("", "v1", "namespaces", "Namespace", False),
+    Resource("", "v1", "nodes", "Node", False),
     Resource("", "v1", "pods", "Pod", True),
     Resource("", "v1", "configmaps", "ConfigMap", True),
     Resource("", "v1", "secrets", "Secret", True),
