@@ -14,7 +14,8 @@ SAN names are built from (:func:`connect_sni`, :func:`connect_spiffe`).
 
 :class:`IntentionChecker` asks Consul whether the gateway's identity may
 reach each Connect target and turns a deny into a diagnostic on that target
-before any request fails.
+before any request fails; a blocking query on the intentions naming the
+gateway as their source makes a change show within about a second.
 
 Private keys stay in :class:`PrivateKey` values; nothing here logs them.
 """
@@ -187,16 +188,36 @@ def _mapping(body: Any) -> Mapping[str, Any]:
     return body
 
 
+class _MatchUnsupported(Exception):
+    """The agent refused the intentions match query: fall back to the timer alone."""
+
+
 class IntentionChecker:
     """Diagnoses Connect targets the gateway's identity may not reach.
 
-    :meth:`check_set` is given the Connect keys the resolved world targets;
-    each is checked now and again every ``interval_s`` (intentions change
-    without touching the catalog). A deny is an ERROR diagnostic on the
-    target's Consul ref; an unreachable Consul leaves the last verdict.
+    :meth:`check_set` is given the Connect keys the resolved world targets.
+    The verdict for each comes from ``/v1/connect/intentions/check`` (Consul
+    evaluates precedence, wildcards and the default policy there). That
+    endpoint does not support blocking queries, so changes are noticed with
+    a blocking query on ``/v1/connect/intentions/match?by=source&name=<identity>``
+    (Consul: blocking YES): it lists every intention whose source matches the
+    gateway's identity, exact or ``*``, so any intention that could change a
+    verdict changes its answer; each changed answer re-checks every target,
+    and a new deny becomes a diagnostic within one round trip.
+
+    The timer (``interval_s``, config ``consul.intention_check_interval_ms``)
+    stays as the fallback: it catches what no intention records (a change of
+    the ACL default policy) and is the only trigger when the agent refuses
+    the match query (403: the token lacks ``intentions:read``; 404: an agent
+    without the endpoint), after which the match query is not sent again.
+    No request at all is made while no Connect target is checked.
+
+    A deny is an ERROR diagnostic on the target's Consul ref; an unreachable
+    Consul leaves the last verdict.
     """
 
     SOURCE = "consul/intentions"
+    MATCH_PATH = "/v1/connect/intentions/match"
 
     def __init__(
         self,
@@ -213,6 +234,8 @@ class IntentionChecker:
         self._keys: frozenset[ConsulServiceKey] = frozenset()
         self._verdicts: dict[ConsulServiceKey, Diagnostic | None] = {}
         self._wake = asyncio.Event()
+        self._match_body: object = None
+        self._match_supported = True
         store.register_source(self.SOURCE)
         store.mark_synced(self.SOURCE)  # a verdict never holds back publication
 
@@ -226,11 +249,56 @@ class IntentionChecker:
             self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            await self.check_now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+        watch: asyncio.Task[None] | None = None
+        try:
+            while True:
+                self._wake.clear()
+                # The change watch runs only while there is something to check.
+                if self._keys and watch is None and self._match_supported:
+                    watch = asyncio.create_task(self._watch_match(), name="consul-intentions-match")
+                elif not self._keys and watch is not None:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
+                    watch = None
+                await self.check_now()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+        finally:
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+
+    async def _watch_match(self) -> None:
+        """Wake the checker whenever the intentions naming our identity as source change."""
+        params = [
+            ("by", "source"),
+            ("name", self._identity),
+            *[(k, v) for k, v in self._client.scope_params() if k != "dc"],
+        ]
+
+        def on_reply(reply: Reply) -> None:
+            # An answer is not a change (wait expired, another source's intention moved).
+            # The first answer counts as one: a change between the first check and
+            # this watch's first read would otherwise wait for the timer.
+            if reply.body != self._match_body:
+                self._match_body = reply.body
+                self._wake.set()
+
+        def on_error(exc: Exception) -> None:
+            if isinstance(exc, ConsulHttpError) and exc.status in (403, 404):
+                raise _MatchUnsupported(str(exc)) from exc
+            log.debug("intentions match watch: %s", exc)
+
+        try:
+            await run_blocking(self._client, self.MATCH_PATH, params, on_reply, on_error)
+        except _MatchUnsupported as exc:
+            self._match_supported = False
+            log.info(
+                "Consul refused the intentions match query (%s); intentions are re-checked "
+                "every %gs (consul.intention_check_interval_ms)",
+                exc,
+                self._interval,
+            )
 
     async def check_now(self) -> None:
         for key in sorted(self._keys):

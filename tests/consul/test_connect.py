@@ -145,6 +145,29 @@ async def test_acl_denied_leaf_names_the_permission() -> None:
             assert p.diagnostics[0].code == "identity.unavailable"
 
 
+def intention_codes(store: Store) -> list[tuple[str, str]]:
+    world, _ = store.take()
+    return [(d.ref.name, d.code) for d in world.source_diagnostics]
+
+
+def match_requests(agent: ConsulAgent) -> int:
+    return agent.count("GET", "/v1/connect/intentions/match")
+
+
+def check_requests(agent: ConsulAgent) -> int:
+    return agent.count("GET", "/v1/connect/intentions/check")
+
+
+@asynccontextmanager
+async def checking(checker: IntentionChecker) -> AsyncIterator[None]:
+    task = asyncio.create_task(checker.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_intention_deny_is_a_diagnostic_on_the_target(
     agent: ConsulAgent, client: ConsulClient
 ) -> None:
@@ -154,29 +177,80 @@ async def test_intention_deny_is_a_diagnostic_on_the_target(
     billing = ConsulServiceKey("dc1", "billing", connect=True)
     plain = ConsulServiceKey("dc1", "legacy")  # not Connect: no intentions apply
     store = Store()
-    checker = IntentionChecker(client, store, interval_s=0.1)
-    task = asyncio.create_task(checker.run())
-    try:
+    # A timer far beyond the test: every change below is noticed by the blocking query.
+    checker = IntentionChecker(client, store, interval_s=600)
+    async with checking(checker):
         checker.check_set([web, billing, plain])
-
-        def codes() -> list[tuple[str, str]]:
-            world, _ = store.take()
-            return [(d.ref.name, d.code) for d in world.source_diagnostics]
-
-        await async_wait_for(lambda: codes() == [("billing#connect", "consul.intention_denied")])
+        await async_wait_for(
+            lambda: intention_codes(store) == [("billing#connect", "consul.intention_denied")]
+        )
         world, _ = store.take()
         assert (
             "consul intention create -allow meshbridge billing" in world.source_diagnostics[0].fix
         )
         agent.intentions[("meshbridge", "billing")] = "allow"
-        await async_wait_for(lambda: codes() == [], what="cleared after the intention changed")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await async_wait_for(
+            lambda: intention_codes(store) == [], timeout=5, what="cleared by the change"
+        )
+        agent.intentions[("*", "web")] = "deny"  # a wildcard source applies to us too
+        del agent.intentions[("meshbridge", "web")]
+        await async_wait_for(
+            lambda: intention_codes(store) == [("web#connect", "consul.intention_denied")],
+            timeout=5,
+            what="a wildcard deny noticed without the timer",
+        )
     assert not any(
         r.path == "/v1/connect/intentions/check" and r.query["destination"] == "legacy"
         for r in agent.requests
     )
+    assert all("index" not in r.query for r in agent.requests if "check" in r.path)
+
+
+async def test_intentions_steady_state_blocks_and_ignores_other_sources(
+    agent: ConsulAgent, client: ConsulClient
+) -> None:
+    store = Store()
+    checker = IntentionChecker(client, store, interval_s=600)
+    async with checking(checker):
+        await asyncio.sleep(0)
+        assert match_requests(agent) == 0  # nothing to check: no request at all
+        checker.check_set([ConsulServiceKey("dc1", "web", connect=True)])
+        # The watch's second call is the blocking one: the checker is settled.
+        await async_wait_for(lambda: match_requests(agent) >= 2, what="blocking match query")
+        # Two rounds: the new target, and the watch's first answer.
+        await async_wait_for(lambda: check_requests(agent) >= 2, what="first checks")
+        checks = check_requests(agent)
+        blocked = match_requests(agent)
+        agent.intentions[("frontend", "web")] = "deny"  # not our identity
+        await async_wait_for(lambda: match_requests(agent) > blocked, what="the watch woke")
+        assert intention_codes(store) == []
+        agent.intentions[("meshbridge", "web")] = "deny"
+        await async_wait_for(
+            lambda: intention_codes(store) == [("web#connect", "consul.intention_denied")],
+            timeout=5,
+        )
+        # One re-check, for our own change: the other source's intention cost none.
+        assert check_requests(agent) == checks + 1
+        last = [r for r in agent.requests if r.path.endswith("/match")][-1]
+        assert last.query["by"] == "source" and last.query["name"] == "meshbridge"
+        assert int(last.query["index"]) >= 1
+
+
+async def test_intentions_fall_back_to_the_timer_without_the_match_query(
+    agent: ConsulAgent, client: ConsulClient
+) -> None:
+    agent.intention_match_supported = False
+    store = Store()
+    checker = IntentionChecker(client, store, interval_s=0.1)
+    async with checking(checker):
+        checker.check_set([ConsulServiceKey("dc1", "web", connect=True)])
+        await async_wait_for(lambda: check_requests(agent) >= 2, what="a timer round")
+        agent.intentions[("meshbridge", "web")] = "deny"
+        await async_wait_for(
+            lambda: intention_codes(store) == [("web#connect", "consul.intention_denied")],
+            what="deny noticed by the timer",
+        )
+    assert match_requests(agent) == 1  # refused once (404), never asked again
 
 
 def test_sni_and_spiffe_names() -> None:

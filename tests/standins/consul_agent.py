@@ -16,6 +16,9 @@ clients must survive:
   ``?token=`` parameter is recorded in :attr:`ConsulAgent.token_params` so
   tests can assert clients never put a token in a URL;
 - CE mode answers 400 to ``ns``/``partition`` parameters; Enterprise accepts them;
+- intentions: ``/v1/connect/intentions/check`` (not blocking, as in Consul)
+  and ``/v1/connect/intentions/match`` (blocking on the intentions table);
+  writing :attr:`ConsulAgent.intentions` is a change in that table;
 - ``PUT /v1/txn``: at most 128 operations (413 beyond), Node/Service/Check
   verbs, all-or-nothing (409 with ``Errors`` when an operation fails);
 - :meth:`ConsulAgent.go_down` / :meth:`ConsulAgent.come_up` close and reopen
@@ -228,6 +231,40 @@ class _TxnError(Exception):
     pass
 
 
+class _Intentions(dict[tuple[str, str], str]):
+    """(source, destination) -> allow|deny; every write is a change in the intentions table.
+
+    A plain ``agent.intentions[(src, dst)] = "deny"`` in a test is a write as
+    Consul's would be: it bumps the table's index (waking blocking queries
+    on ``/v1/connect/intentions/match``) and the intention's ``ModifyIndex``.
+    """
+
+    def __init__(self, bump: Callable[[], int]) -> None:
+        super().__init__()
+        self._bump = bump
+        self.indexes: dict[tuple[str, str], tuple[int, int]] = {}  # (Create, Modify)
+
+    def __setitem__(self, key: tuple[str, str], action: str) -> None:
+        if action not in ("allow", "deny"):
+            raise ValueError(f"intention action must be allow or deny, not {action!r}")
+        super().__setitem__(key, action)
+        index = self._bump()
+        created = self.indexes.get(key, (index, index))[0]
+        self.indexes[key] = (created, index)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        super().__delitem__(key)
+        self.indexes.pop(key, None)
+        self._bump()
+
+    def pop(self, key: tuple[str, str], *default: str) -> str:  # type: ignore[override]
+        if key not in self:
+            return dict.pop(self, key, *default)
+        action = self[key]
+        del self[key]
+        return action
+
+
 class ConsulAgent:
     """The stand-in. ``async with ConsulAgent() as agent:`` starts it on a free port."""
 
@@ -254,8 +291,11 @@ class ConsulAgent:
         self.trust_domain = f"{uuid.uuid4()}.consul"
         self.requests: list[LoggedRequest] = []
         self.token_params: list[str] = []  # paths where a ?token= parameter was sent
-        self.intentions: dict[tuple[str, str], str] = {}  # (source, destination) -> allow|deny
+        # (source, destination) -> allow|deny; writes bump the intentions table.
+        self.intentions = _Intentions(lambda: self._bump("intentions"))
         self.intention_default_allow = True
+        # False: /v1/connect/intentions/match answers 404, as a Consul without it would.
+        self.intention_match_supported = True
         # Every (node, service ID) ever removed, by any write: "not even briefly" checks.
         self.removed: list[tuple[str, str]] = []
         self.txn_delay = 0.0  # seconds each /v1/txn takes (to cut a sync in the middle)
@@ -582,6 +622,7 @@ class ConsulAgent:
             ("GET", r"/v1/agent/connect/ca/roots", self._ca_roots),
             ("GET", r"/v1/agent/connect/ca/leaf/(?P<name>[^/]+)", self._ca_leaf),
             ("GET", r"/v1/connect/intentions/check", self._intention_check),
+            ("GET", r"/v1/connect/intentions/match", self._intention_match),
             ("PUT", r"/v1/txn", self._txn),
         ]
         for method, pattern, handler in routes:
@@ -968,3 +1009,39 @@ class ConsulAgent:
             action = self.intentions.get((src, "*")) or self.intentions.get(("*", "*"))
         allowed = action == "allow" if action else self.intention_default_allow
         return self._json({"Allowed": allowed})
+
+    async def _intention_match(self, request: web.Request) -> web.Response:
+        """Consul's List Matching Intentions: blocking, in precedence order per name."""
+        if not self.intention_match_supported:
+            return self._error(404, "no such endpoint /v1/connect/intentions/match")
+        by = request.query.get("by")
+        names = request.query.getall("name", [])
+        if by not in ("source", "destination") or not names:
+            return self._error(400, "required query parameters 'by' and 'name' not set")
+        await self._block(request, lambda: self._table_index["intentions"])
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name in names:
+            hits = []
+            for (src, dst), action in self.intentions.items():
+                field_ = src if by == "source" else dst
+                if field_ not in (name, "*"):
+                    continue
+                created, modified = self.intentions.indexes.get((src, dst), (1, 1))
+                # Exact names before wildcards: Consul's precedence (9 > 8 > 6 > 5).
+                precedence = 9 - (src == "*") - 3 * (dst == "*")
+                hits.append(
+                    {
+                        "SourceNS": "default",
+                        "SourceName": src,
+                        "DestinationNS": "default",
+                        "DestinationName": dst,
+                        "SourceType": "consul",
+                        "Action": action,
+                        "Precedence": precedence,
+                        "CreateIndex": created,
+                        "ModifyIndex": modified,
+                    }
+                )
+            hits.sort(key=lambda h: (-h["Precedence"], h["SourceName"], h["DestinationName"]))
+            out[name] = hits
+        return self._json(out, self._table_index["intentions"])
