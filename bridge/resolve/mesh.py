@@ -76,8 +76,16 @@ def _markers(
     return found
 
 
+_POD_LABEL_KEYS = frozenset(key for _, where, key, _ in POD_MARKERS if where == _LABEL)
+_POD_ANNOTATION_KEYS = frozenset(key for _, where, key, _ in POD_MARKERS if where == _ANNOTATION)
+
+
 def pod_markers(pod: K8sPod) -> dict[Mesh, str]:
     """Meshes whose markers ``pod`` carries → e.g. ``pod a/b label k=v``."""
+    # Auto detection reads every endpoint pod (100k at 10k Services): rule out a pod
+    # with no marker key at all in two C-level checks, before any reason text.
+    if _POD_LABEL_KEYS.isdisjoint(pod.labels) and _POD_ANNOTATION_KEYS.isdisjoint(pod.annotations):
+        return {}
     return _markers(pod.labels, pod.annotations, POD_MARKERS, f"pod {pod.namespace}/{pod.name}")
 
 
