@@ -46,7 +46,7 @@ from adapters.consul.client import Backoff, ConsulClient, Reply, run_blocking
 from bridge.errors import SourceError
 from bridge.leader import AlwaysLeader, LeaderGate
 from bridge.model.frozen import EMPTY, FrozenDict
-from bridge.model.k8s import K8sEndpointSlice, K8sService, ServicePort
+from bridge.model.k8s import K8sEndpointSlice, K8sNode, K8sService, ServicePort
 from bridge.model.world import World
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,6 @@ class CatalogSyncSettings:
     k8s_prefix: str = ""
     consul_domain: str = "consul"
     debounce_s: float = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class NodeAddresses:
-    """A Kubernetes Node's addresses, for NodePort registrations."""
-
-    internal: str = ""
-    external: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +254,12 @@ def registrations_for(
     svc: K8sService,
     slices: Sequence[K8sEndpointSlice],
     s: CatalogSyncSettings,
-    nodes: Mapping[str, NodeAddresses] = EMPTY,
+    nodes: Mapping[str, K8sNode] = EMPTY,
 ) -> list[Registration]:
-    """What one Service registers (empty when it is not synced). Pure."""
+    """What one Service registers (empty when it is not synced). Pure.
+
+    ``nodes`` (the World's, by name) give NodePort instances their addresses.
+    """
     if not should_sync(svc, s):
         return []
     port = _pick_port(svc)
@@ -313,11 +308,23 @@ def registrations_for(
         for ingress in svc.load_balancer_ingress:
             add(ingress, port.port, any_ready, {})
     elif svc.type == "NodePort":
-        if port.node_port:
-            for _, e in endpoints:
-                addr = _node_address(nodes.get(e.node_name or ""), s.node_port_sync_type)
-                if addr:
-                    add(addr, port.node_port, e.ready, endpoint_meta(e.node_name, None, e.zone))
+        # One instance per node address (per the sync type) of a node running an
+        # endpoint, at the nodePort; endpoints sharing a node share its instance.
+        missing: set[str] = set()
+        for _, e in endpoints if port.node_port else ():
+            node = nodes.get(e.node_name or "")
+            if node is None:
+                missing.add(e.node_name or "(no nodeName)")
+                continue
+            for addr in node_addresses(node, s.node_port_sync_type):
+                add(addr, port.node_port or 0, e.ready, endpoint_meta(e.node_name, None, e.zone))
+        if missing:
+            log.warning(
+                "%s: NodePort endpoints on unknown node(s) %s are not registered "
+                "(meshbridge reads Nodes only with catalog_sync.to_consul.enabled)",
+                svc.ref,
+                ", ".join(sorted(missing)),
+            )
     else:  # ClusterIP: every endpoint, at its target port
         for sl, e in endpoints:
             target = _target_port(sl, port)
@@ -333,14 +340,20 @@ def registrations_for(
     return sorted(out.values(), key=lambda r: r.id)
 
 
-def _node_address(addrs: NodeAddresses | None, mode: str) -> str:
-    if addrs is None:
-        return ""
+def node_addresses(node: K8sNode, mode: str) -> tuple[str, ...]:
+    """The addresses a NodePort instance on ``node`` registers, as consul-k8s picks them.
+
+    ``ExternalOnly``: every ExternalIP; ``InternalOnly``: every InternalIP;
+    ``ExternalFirst``: the ExternalIPs, else the InternalIPs. A node without
+    such an address registers nothing.
+    """
+    external = node.addresses_of("ExternalIP")
+    internal = node.addresses_of("InternalIP")
     if mode == "InternalOnly":
-        return addrs.internal
+        return internal
     if mode == "ExternalOnly":
-        return addrs.external
-    return addrs.external or addrs.internal
+        return external
+    return external or internal
 
 
 class DesiredState:
@@ -351,21 +364,21 @@ class DesiredState:
         self._cache: dict[tuple[str, str], tuple[object, tuple[object, ...], list[Registration]]]
         self._cache = {}
 
-    def compute(
-        self, world: World, nodes: Mapping[str, NodeAddresses] = EMPTY
-    ) -> dict[str, Registration]:
+    def compute(self, world: World) -> dict[str, Registration]:
         out: dict[str, Registration] = {}
         seen: set[tuple[str, str]] = set()
         for svc in world.services.values():
             sid = (svc.namespace, svc.name)
             seen.add(sid)
             slices = tuple(world.slices_of(svc.namespace, svc.name))
+            # A NodePort Service also depends on its endpoints' Nodes.
+            deps = (*slices, *_node_deps(svc, slices, world)) if svc.type == "NodePort" else slices
             hit = self._cache.get(sid)
-            if hit is not None and hit[0] is svc and hit[1] == slices and not nodes:
+            if hit is not None and hit[0] is svc and hit[1] == deps:
                 regs = hit[2]
             else:
-                regs = registrations_for(svc, slices, self.settings, nodes)
-                self._cache[sid] = (svc, slices, regs)
+                regs = registrations_for(svc, slices, self.settings, world.nodes)
+                self._cache[sid] = (svc, deps, regs)
             for r in regs:
                 if r.id in out:
                     log.warning("two Services register Consul ID %s; keeping the first", r.id)
@@ -376,11 +389,16 @@ class DesiredState:
         return out
 
 
-def desired_registrations(
-    world: World, settings: CatalogSyncSettings, nodes: Mapping[str, NodeAddresses] = EMPTY
-) -> dict[str, Registration]:
+def _node_deps(
+    svc: K8sService, slices: Sequence[K8sEndpointSlice], world: World
+) -> tuple[tuple[str, K8sNode | None], ...]:
+    names = sorted({e.node_name or "" for sl in slices for e in sl.endpoints})
+    return tuple((n, world.nodes.get(n)) for n in names)
+
+
+def desired_registrations(world: World, settings: CatalogSyncSettings) -> dict[str, Registration]:
     """Every registration the World asks for, by service ID. Pure."""
-    return DesiredState(settings).compute(world, nodes)
+    return DesiredState(settings).compute(world)
 
 
 # -- actual state and the diff ----------------------------------------------------------
@@ -581,12 +599,10 @@ class ToConsulSyncer:
         settings: CatalogSyncSettings,
         *,
         leader: LeaderGate | None = None,
-        nodes: Mapping[str, NodeAddresses] = EMPTY,
     ) -> None:
         self.client = client
         self.settings = settings
         self.leader: LeaderGate = leader if leader is not None else AlwaysLeader()
-        self.nodes = nodes
         self.stats = SyncStats()
         self._desired = DesiredState(settings)
         self._world: World | None = None
@@ -643,7 +659,7 @@ class ToConsulSyncer:
         if self._actual is None:
             self._actual = await read_node_state(self.client, self.settings)
             self.stats.reads += 2
-        desired = self._desired.compute(self._world, self.nodes)
+        desired = self._desired.compute(self._world)
         plan = diff(self.settings.node_name, desired, self._actual, allow_delete=True)
         for batch in plan.ops():
             if not self.leader.is_leader:
@@ -921,8 +937,6 @@ async def plan_sync(
     client: ConsulClient,
     world: World,
     settings: CatalogSyncSettings,
-    *,
-    nodes: Mapping[str, NodeAddresses] = EMPTY,
 ) -> SyncPlan:
     """What a sync of ``world`` would write now (reads Consul; writes nothing).
 
@@ -933,7 +947,7 @@ async def plan_sync(
         actual = await read_node_state(client, settings)
         plan = diff(
             settings.node_name,
-            desired_registrations(world, settings, nodes),
+            desired_registrations(world, settings),
             actual,
             allow_delete=True,
         )

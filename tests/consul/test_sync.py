@@ -15,17 +15,17 @@ from adapters.consul.sync import (
     OWNER_VALUE,
     CatalogSyncSettings,
     ExternalNameService,
-    NodeAddresses,
     ToConsulSyncer,
     ToKubernetesSyncer,
     desired_registrations,
     namespace_allowed,
+    node_addresses,
     plan_sync,
     registrations_for,
     split_tags,
 )
 from bridge.model.frozen import FrozenDict
-from bridge.model.k8s import K8sService, Kind, ObjectRef
+from bridge.model.k8s import K8sNode, K8sService, Kind, ObjectRef
 from bridge.store import Store
 from tests.consul.conftest import fast_settings
 from tests.consul.worlds import SOURCE, endpoints, fill, service, world_of
@@ -145,14 +145,45 @@ def test_sync_annotation_false_and_default_sync_off() -> None:
     assert len(registrations_for(on, eps, quiet)) == 1
 
 
+def node(name: str, internal: str = "", *external: str) -> K8sNode:
+    addrs = [("Hostname", name)]
+    addrs += [("InternalIP", internal)] if internal else []
+    addrs += [("ExternalIP", e) for e in external]
+    return K8sNode(name=name, addresses=tuple(addrs))
+
+
+@pytest.mark.parametrize(
+    ("mode", "n", "expect"),
+    [
+        pytest.param("ExternalOnly", node("a", "10.1.0.1", "203.0.113.1"), ("203.0.113.1",)),
+        pytest.param("ExternalOnly", node("a", "10.1.0.1"), (), id="ExternalOnly-none"),
+        pytest.param("InternalOnly", node("a", "10.1.0.1", "203.0.113.1"), ("10.1.0.1",)),
+        pytest.param("ExternalFirst", node("a", "10.1.0.1", "203.0.113.1"), ("203.0.113.1",)),
+        pytest.param("ExternalFirst", node("a", "10.1.0.1"), ("10.1.0.1",), id="fallback"),
+        pytest.param(
+            "ExternalOnly",
+            node("a", "", "203.0.113.1", "203.0.113.2"),
+            ("203.0.113.1", "203.0.113.2"),
+        ),
+    ],
+)
+def test_node_port_sync_type_picks_node_addresses(
+    mode: str, n: K8sNode, expect: tuple[str, ...]
+) -> None:
+    assert node_addresses(n, mode) == expect
+
+
 def test_nodeport_loadbalancer_external_ips_shapes() -> None:
     eps = [endpoints("web", ["10.0.0.1", "10.0.0.2"], not_ready=frozenset({"10.0.0.2"}))]
-    nodes = {"node-a": NodeAddresses(internal="192.168.0.1", external="203.0.113.1")}
+    nodes = {"node-a": node("node-a", "192.168.0.1", "203.0.113.1")}
     np = service("web", type_="NodePort", node_port=30080)
     (r,) = registrations_for(np, eps, S, nodes)  # both pods on one node: one instance
     assert (r.address, r.port, r.status) == ("203.0.113.1", 30080, "passing")
+    assert r.meta["external-k8s-node-name"] == "node-a"
     internal = dataclasses.replace(S, node_port_sync_type="InternalOnly")
     assert registrations_for(np, eps, internal, nodes)[0].address == "192.168.0.1"
+    # An endpoint on a node meshbridge does not know registers nothing (and is logged).
+    assert registrations_for(np, eps, S, {}) == []
     lb = service("web", type_="LoadBalancer", lb=("198.51.100.7", "lb.example.com"))
     assert {(r.address, r.port) for r in registrations_for(lb, eps, S)} == {
         ("198.51.100.7", 80),
@@ -214,6 +245,32 @@ async def test_initial_sync_batches_then_change_within_a_second_then_zero_writes
             await asyncio.wait_for(syncer.wait_idle(), 5)
         assert txns(agent) == writes
         assert agent.count("PUT", "/v1/catalog/register") == 0
+
+
+async def test_nodeport_instances_follow_the_worlds_nodes(
+    agent: ConsulAgent, client: ConsulClient
+) -> None:
+    store = Store()
+    store.upsert(SOURCE, service("web", type_="NodePort", node_port=30080))
+    store.upsert(SOURCE, endpoints("web", ["10.0.0.1"], node="node-a"))
+    store.upsert(SOURCE, node("node-a", "192.168.0.1", "203.0.113.1"))
+    syncer = ToConsulSyncer(client, dataclasses.replace(S, node_port_sync_type="ExternalFirst"))
+
+    def addresses() -> set[tuple[str, int]]:
+        return {(x["Address"], x["Port"]) for x in agent.services_on("k8s-sync").values()}
+
+    async with running(syncer):
+        syncer.update(store.take()[0], kubernetes_synced=True)
+        await asyncio.wait_for(syncer.wait_idle(), 5)
+        assert addresses() == {("203.0.113.1", 30080)}
+        # Only the Node changed (its external address went away): the instance moves
+        # to the internal address in one transaction.
+        before = txns(agent)
+        store.upsert(SOURCE, node("node-a", "192.168.0.1"))
+        syncer.update(store.take()[0], kubernetes_synced=True)
+        await async_wait_for(lambda: addresses() == {("192.168.0.1", 30080)}, timeout=5)
+        await asyncio.wait_for(syncer.wait_idle(), 5)
+        assert txns(agent) == before + 1
 
 
 async def test_no_writes_before_first_complete_kubernetes_list(
