@@ -32,7 +32,6 @@ adapter imports no other adapter.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import fnmatch
 import hashlib
@@ -46,7 +45,7 @@ from adapters.consul.client import Backoff, ConsulClient, Reply, run_blocking
 from bridge.errors import SourceError
 from bridge.leader import AlwaysLeader, LeaderGate
 from bridge.model.frozen import EMPTY, FrozenDict
-from bridge.model.k8s import K8sEndpointSlice, K8sNode, K8sService, ServicePort
+from bridge.model.k8s import K8sEndpointSlice, K8sNode, K8sService, Kind, ObjectRef, ServicePort
 from bridge.model.world import World
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,14 @@ CHECK_NAME = "Kubernetes Readiness Check"
 CHECK_TYPE = "kubernetes-readiness"
 OWNER_LABEL = "meshbridge.io/catalog-sync"
 OWNER_VALUE = "consul"
+
+
+# ``record(target, operation, count)``: how catalog sync reports its writes (metrics).
+WriteRecorder = Callable[[str, str, int], None]
+
+
+def _no_record(target: str, operation: str, count: int) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,10 +606,12 @@ class ToConsulSyncer:
         settings: CatalogSyncSettings,
         *,
         leader: LeaderGate | None = None,
+        record: WriteRecorder = _no_record,
     ) -> None:
         self.client = client
         self.settings = settings
         self.leader: LeaderGate = leader if leader is not None else AlwaysLeader()
+        self.record = record
         self.stats = SyncStats()
         self._desired = DesiredState(settings)
         self._world: World | None = None
@@ -671,6 +680,7 @@ class ToConsulSyncer:
                 errors = (reply.body or {}).get("Errors") if isinstance(reply.body, dict) else None
                 raise SourceError(f"Consul rejected a catalog transaction: {errors}")
             self._apply_written(batch)
+            self._record(batch)
         self.stats.registered += len(plan.register)
         self.stats.deregistered += len(plan.deregister)
         if not plan.empty:
@@ -681,6 +691,13 @@ class ToConsulSyncer:
                 len(plan.ops()),
             )
         return plan
+
+    def _record(self, batch: list[dict[str, Any]]) -> None:
+        verbs = [op["Service"]["Verb"] for op in batch if "Service" in op]
+        if n := verbs.count("set"):
+            self.record("consul", "register", n)
+        if n := verbs.count("delete"):
+            self.record("consul", "deregister", n)
 
     def _apply_written(self, batch: list[dict[str, Any]]) -> None:
         actual = self._actual
@@ -779,8 +796,20 @@ class ExternalNameService:
     )
 
 
+class ForeignService(SourceError):
+    """A Service with the name we would write exists without our ownership label: left alone."""
+
+
 class ServiceWriter(Protocol):
-    """Writes Kubernetes Services; the CLI implements it with the kubernetes client."""
+    """Writes Kubernetes Services; the CLI implements it with the kubernetes client.
+
+    Each call re-checks ownership on the server at write time (the World the
+    plan came from may lag): a Service without the ownership label is never
+    replaced or deleted (:class:`ForeignService`). Writes are idempotent: a
+    create that finds our own Service updates it, a delete that finds nothing
+    is done. Other failures raise :class:`bridge.errors.SourceError` and are
+    retried by the syncer.
+    """
 
     async def create_service(self, svc: ExternalNameService) -> None: ...
 
@@ -846,7 +875,18 @@ def plan_to_kubernetes(
 
 
 class ToKubernetesSyncer:
-    """Mirrors Consul's services as ExternalName Services, never touching others' Services."""
+    """Mirrors Consul's services as ExternalName Services, never touching others' Services.
+
+    Change-driven like :class:`ToConsulSyncer`: a blocking query on
+    ``/v1/catalog/services`` and each new World trigger a debounced plan
+    (:func:`plan_to_kubernetes`). A failed write (API server unavailable, a
+    409 conflict) is retried with backoff, not left for the next change; a
+    Service found not to be ours at write time is skipped with a warning.
+    Writes this syncer made are not repeated while the World has not caught
+    up with them yet (for at most :attr:`INFLIGHT_S`).
+    """
+
+    INFLIGHT_S = 10.0
 
     def __init__(
         self,
@@ -855,17 +895,23 @@ class ToKubernetesSyncer:
         settings: CatalogSyncSettings,
         *,
         leader: LeaderGate | None = None,
+        record: WriteRecorder = _no_record,
     ) -> None:
         self.client = client
         self.writer = writer
         self.settings = settings
         self.leader: LeaderGate = leader if leader is not None else AlwaysLeader()
+        self.record = record
         self.skipped: tuple[str, ...] = ()
+        self.errors = 0
         self._world: World | None = None
         self._k8s_synced = False
         self._consul: dict[str, tuple[str, ...]] | None = None
         self._dirty = asyncio.Event()
-        self._written: dict[str, ExternalNameService] = {}
+        # name -> (when, what we wrote; None = deleted), until the World shows it.
+        self._inflight: dict[str, tuple[float, ExternalNameService | None]] = {}
+        self._backoff = Backoff(client.settings.backoff_base_s, client.settings.backoff_max_s)
+        self._retry: asyncio.TimerHandle | None = None
 
     def update(self, world: World, *, kubernetes_synced: bool) -> None:
         self._world = world
@@ -882,38 +928,85 @@ class ToKubernetesSyncer:
                 if self._world is None or self._consul is None or not self._k8s_synced:
                     continue
                 await self.leader.wait_leader()
-                await self._apply()
+                if await self._apply():
+                    self._backoff.reset()
+                elif self._retry is None:
+                    delay = self._backoff.next_delay()
+                    self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
         finally:
+            if self._retry is not None:
+                self._retry.cancel()
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
 
-    async def _apply(self) -> None:
-        assert self._world is not None and self._consul is not None
-        create, update, delete, skipped = plan_to_kubernetes(
-            self._consul, self._world, self.settings
-        )
-        for why in set(skipped) - set(self.skipped):
-            log.warning("%s", why)
-        self.skipped = skipped
-        for svc in create:
-            # The World may lag our own write: don't create the same Service twice.
-            if self._written.get(svc.name) != svc:
-                await self._write(self.writer.create_service(svc), svc)
-        for svc in update:
-            if self._written.get(svc.name) != svc:
-                await self._write(self.writer.update_service(svc), svc)
-        for ns, name in delete:
-            self._written.pop(name, None)
-            with contextlib.suppress(Exception):
-                await self.writer.delete_service(ns, name)
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._dirty.set()
 
-    async def _write(self, call: Any, svc: ExternalNameService) -> None:
+    async def _apply(self) -> bool:
+        """Write one plan; whether every write that should be retried succeeded."""
+        assert self._world is not None and self._consul is not None
+        world = self._world
+        create, update, delete, skipped = plan_to_kubernetes(self._consul, world, self.settings)
+        self._forget_seen(world)
+        ok = True
+        found: list[str] = list(skipped)
+        for op, svc in [("create", c) for c in create] + [("update", u) for u in update]:
+            if self._inflight.get(svc.name, (0.0, None))[1] == svc:
+                continue  # written already; the World has not caught up yet
+            call = (
+                self.writer.create_service(svc)
+                if op == "create"
+                else self.writer.update_service(svc)
+            )
+            result = await self._write(op, svc.namespace, svc.name, call)
+            if result is None:
+                self._inflight[svc.name] = (asyncio.get_running_loop().time(), svc)
+            elif result:
+                found.append(result)
+            else:
+                ok = False
+        for ns, name in delete:
+            hit = self._inflight.get(name)
+            if hit is not None and hit[1] is None:
+                continue
+            result = await self._write("delete", ns, name, self.writer.delete_service(ns, name))
+            if result is None:
+                self._inflight[name] = (asyncio.get_running_loop().time(), None)
+            elif result:
+                found.append(result)
+            else:
+                ok = False
+        for why in set(found) - set(self.skipped):
+            log.warning("%s", why)
+        self.skipped = tuple(found)
+        return ok
+
+    async def _write(self, op: str, ns: str, name: str, call: Awaitable[None]) -> str | None:
+        """None when written; a reason when the Service is not ours; "" to retry."""
         try:
             await call
-        except Exception as exc:  # the writer's client errors: log, retry on next change
-            log.warning("cannot write Service %s/%s: %s", svc.namespace, svc.name, exc)
-            return
-        self._written[svc.name] = svc
+        except ForeignService as exc:
+            return str(exc)
+        except SourceError as exc:
+            self.errors += 1
+            log.warning("cannot %s Service %s/%s (retrying): %s", op, ns, name, exc)
+            return ""
+        self.record("kubernetes", op, 1)
+        return None
+
+    def _forget_seen(self, world: World) -> None:
+        """Drop in-flight writes the World now shows (or that are too old to wait for)."""
+        now = asyncio.get_running_loop().time()
+        ns = self.settings.k8s_namespace
+        for name, (when, wrote) in list(self._inflight.items()):
+            have = world.services.get(ObjectRef(Kind.SERVICE, ns, name))
+            if wrote is None:
+                seen = have is None
+            else:
+                seen = have is not None and have.external_name == wrote.external_name
+            if seen or now - when > self.INFLIGHT_S:
+                del self._inflight[name]
 
     async def _watch_consul(self) -> None:
         def on_reply(reply: Reply) -> None:

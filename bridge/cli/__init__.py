@@ -269,6 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     for part in consul_parts:
         app.pipeline.observers.append(part.observe)
+        part.report_writes(app.metrics.record_catalog_writes)
     return asyncio.run(_serve_until_signal(app))
 
 

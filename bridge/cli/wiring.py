@@ -20,6 +20,10 @@ What a config turns on:
   the Connect leaf (:class:`adapters.consul.connect.ConnectIdentityProvider`,
   its own source) and the intention check; with ``catalog_sync`` the syncers.
 
+The syncers report their writes through :meth:`ConsulPart.report_writes`
+(``serve`` passes :meth:`bridge.metrics.Metrics.record_catalog_writes`, so
+``/metrics`` shows ``meshbridge_catalog_sync_writes_total``).
+
 Start-up order, so that nothing is published half-known: a provider whose
 roots come from a ConfigMap starts once the object sources (``dir:``,
 ``kubernetes:``) have synced; Consul discovery resolves the first complete
@@ -45,11 +49,15 @@ from adapters.consul.discovery import SOURCE as DISCOVERY_SOURCE
 from adapters.consul.discovery import ConsulDiscovery
 from adapters.consul.settings import ConsulClientSettings
 from adapters.consul.sync import (
+    OWNER_LABEL,
+    OWNER_VALUE,
     CatalogSyncSettings,
     ExternalNameService,
+    ForeignService,
     ServiceWriter,
     ToConsulSyncer,
     ToKubernetesSyncer,
+    WriteRecorder,
 )
 from adapters.istio.ca import IstioCaProvider, IstioCaSettings, IstioRoots
 from adapters.linkerd.identity import (
@@ -58,7 +66,7 @@ from adapters.linkerd.identity import (
     LinkerdRoots,
 )
 from bridge.config import Config
-from bridge.errors import ConfigError, MeshbridgeError
+from bridge.errors import ConfigError, MeshbridgeError, SourceError
 from bridge.identity.provider import (
     CaIdentityProvider,
     IdentityMaterial,
@@ -368,6 +376,13 @@ class ConsulPart:
             else None
         )
 
+    def report_writes(self, record: WriteRecorder) -> None:
+        """Send the syncers' writes to ``record(target, operation, count)`` (the metrics)."""
+        if self.to_consul is not None:
+            self.to_consul.record = record
+        if self.to_kubernetes is not None:
+            self.to_kubernetes.record = record
+
     async def run(self) -> None:
         try:
             await self.first_watch_set()
@@ -493,6 +508,9 @@ def live_lease_holder(config: Config) -> str:
 
 # -- Kubernetes writes for Consul → Kubernetes ---------------------------------------------
 
+# (connect, read) seconds for each Service write.
+_K8S_TIMEOUT = (5.0, 15.0)
+
 
 def _service_body(svc: ExternalNameService) -> dict[str, Any]:
     return {
@@ -511,8 +529,16 @@ def _service_body(svc: ExternalNameService) -> dict[str, Any]:
 class KubernetesServiceWriter:
     """:class:`adapters.consul.sync.ServiceWriter` with the ``kubernetes`` client.
 
-    Blocking client calls run in worker threads. The syncer only updates or
-    deletes Services it owns (label ``meshbridge.io/catalog-sync``).
+    Ownership is checked on the server at write time, not only in the plan
+    (whose World may lag): every update and delete reads the Service first
+    and leaves it alone (:class:`adapters.consul.sync.ForeignService`) unless
+    it carries the label ``meshbridge.io/catalog-sync=consul``. An update
+    replaces the Service with the resourceVersion it read and a delete sends
+    that resourceVersion and uid as preconditions, so a Service someone
+    replaced in between is never overwritten (the API server answers 409,
+    and the syncer retries from a fresh read). A create that finds the name
+    taken (409) becomes that update. Blocking client calls run in worker
+    threads; errors come out as :mod:`bridge.errors` types.
     """
 
     def __init__(self, api_client: Any) -> None:
@@ -521,17 +547,122 @@ class KubernetesServiceWriter:
         self.core = kubernetes.client.CoreV1Api(api_client)
 
     async def create_service(self, svc: ExternalNameService) -> None:
-        await asyncio.to_thread(
-            self.core.create_namespaced_service, svc.namespace, _service_body(svc)
-        )
+        await self._create(svc, fall_back=True)
 
     async def update_service(self, svc: ExternalNameService) -> None:
-        await asyncio.to_thread(
-            self.core.patch_namespaced_service, svc.name, svc.namespace, _service_body(svc)
-        )
+        await self._update(svc, fall_back=True)
+
+    async def _create(self, svc: ExternalNameService, *, fall_back: bool) -> None:
+        from adapters.kubernetes.client import Conflict, call
+
+        what = f"create service {svc.namespace}/{svc.name}"
+        try:
+            await asyncio.to_thread(
+                call,
+                what,
+                self.core.create_namespaced_service,
+                svc.namespace,
+                _service_body(svc),
+                _request_timeout=_K8S_TIMEOUT,
+            )
+        except Conflict:
+            if not fall_back:
+                raise
+            await self._update(svc, fall_back=False)  # already there: ours to update, or not
+
+    async def _update(self, svc: ExternalNameService, *, fall_back: bool) -> None:
+        from adapters.kubernetes.client import NotFound, call
+
+        have = await self._read_owned(svc.namespace, svc.name)
+        if have is None:
+            if not fall_back:
+                raise SourceError(f"Service {svc.namespace}/{svc.name} vanished while written")
+            await self._create(svc, fall_back=False)
+            return
+        spec = have.get("spec") or {}
+        md = have.get("metadata") or {}
+        labels, annotations = md.get("labels") or {}, md.get("annotations") or {}
+        if (
+            spec.get("type") == "ExternalName"
+            and spec.get("externalName") == svc.external_name
+            and all(labels.get(k) == v for k, v in svc.labels.items())
+            and all(annotations.get(k) == v for k, v in svc.annotations.items())
+        ):
+            return  # already as wanted
+        body = _service_body(svc)
+        # Keep what others added; ours wins on our own keys.
+        body["metadata"]["labels"] = {**labels, **svc.labels}
+        body["metadata"]["annotations"] = {**annotations, **svc.annotations}
+        body["metadata"]["resourceVersion"] = md.get("resourceVersion")
+        what = f"replace service {svc.namespace}/{svc.name}"
+        try:
+            await asyncio.to_thread(
+                call,
+                what,
+                self.core.replace_namespaced_service,
+                svc.name,
+                svc.namespace,
+                body,
+                _request_timeout=_K8S_TIMEOUT,
+            )
+        except NotFound:
+            if not fall_back:
+                raise
+            await self._create(svc, fall_back=False)  # deleted between our read and write
 
     async def delete_service(self, namespace: str, name: str) -> None:
-        await asyncio.to_thread(self.core.delete_namespaced_service, name, namespace)
+        import kubernetes.client
+
+        from adapters.kubernetes.client import NotFound, call
+
+        have = await self._read_owned(namespace, name)
+        if have is None:
+            return
+        md = have.get("metadata") or {}
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(
+                uid=md.get("uid"), resource_version=md.get("resourceVersion")
+            )
+        )
+        with contextlib.suppress(NotFound):  # gone already: done
+            await asyncio.to_thread(
+                call,
+                f"delete service {namespace}/{name}",
+                self.core.delete_namespaced_service,
+                name,
+                namespace,
+                body=options,
+                _request_timeout=_K8S_TIMEOUT,
+            )
+
+    async def _read_owned(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Service as the server has it now (None if absent); ForeignService if not ours."""
+        from adapters.kubernetes.client import NotFound, call, read_json
+
+        what = f"get service {namespace}/{name}"
+
+        def read() -> Any:
+            resp = call(
+                what,
+                self.core.read_namespaced_service,
+                name,
+                namespace,
+                _preload_content=False,
+                _request_timeout=_K8S_TIMEOUT,
+            )
+            return read_json(what, resp)
+
+        try:
+            have = await asyncio.to_thread(read)
+        except NotFound:
+            return None
+        labels = (have.get("metadata") or {}).get("labels") or {}
+        if labels.get(OWNER_LABEL) != OWNER_VALUE:
+            raise ForeignService(
+                f"Service {namespace}/{name} exists and is not managed by meshbridge "
+                f"(no label {OWNER_LABEL}={OWNER_VALUE}); left alone"
+            )
+        return dict(have)
 
 
 def kubernetes_writer(config: Config) -> KubernetesServiceWriter:
