@@ -10,8 +10,10 @@ What is watched (:meth:`KubernetesSourceSettings.specs`):
   namespace (one reflector per namespace, so RBAC can be namespaced);
 - Namespaces (all, or just the configured ones by name) for mesh markers and
   per-namespace defaults;
-- the trust-root ConfigMaps by name (``istio-ca-root-cert``,
-  ``linkerd-identity-trust-roots``) in the namespaces that hold them;
+- the trust-root ConfigMaps by name, only those a configured mesh reads
+  (:func:`trust_root_config_maps`): ``istio-ca-root-cert`` in the gateway's
+  namespace for Istio's CA mode, ``linkerd-identity-trust-roots`` in Linkerd's
+  namespace for Linkerd's CA mode;
 - Secrets named in the configuration, each by name: never all Secrets;
 - Nodes (all; cluster-scoped) only when catalog sync to Consul is on: a
   NodePort Service is registered at its nodes' addresses.
@@ -44,6 +46,8 @@ from bridge.store import Store
 
 log = logging.getLogger(__name__)
 
+# The ConfigMaps adapters.istio.ca and adapters.linkerd.identity read their
+# roots from (adapters don't import each other; tests keep the names equal).
 ISTIO_ROOT_CERT = "istio-ca-root-cert"
 LINKERD_TRUST_ROOTS = "linkerd-identity-trust-roots"
 
@@ -69,19 +73,15 @@ class KubernetesSourceSettings:
     ) -> KubernetesSourceSettings:
         """Settings from the config file.
 
-        Istio copies ``istio-ca-root-cert`` into every namespace; the gateway's
-        own namespace and ``istio-system`` are the ones meshbridge reads.
+        Trust-root ConfigMaps are watched only for a mesh whose identity
+        provider reads them (:func:`trust_root_config_maps`), so each
+        deployment needs RBAC for exactly the ConfigMaps its mesh publishes.
         """
-        cms = {
-            (config.gateway.namespace, ISTIO_ROOT_CERT),
-            ("istio-system", ISTIO_ROOT_CERT),
-            (config.linkerd.namespace, LINKERD_TRUST_ROOTS),
-        }
         return cls(
             namespaces=config.kubernetes.namespaces,
             kubeconfig=config.kubernetes.kubeconfig,
             context=config.kubernetes.context,
-            config_maps=tuple(sorted(cms)),
+            config_maps=trust_root_config_maps(config),
             secrets=tuple(sorted(set(secrets))),
             watch_nodes=config.catalog_sync.to_consul.enabled,
         )
@@ -101,6 +101,25 @@ class KubernetesSourceSettings:
         out.extend(WatchSpec(Kind.CONFIG_MAP, ns, name) for ns, name in self.config_maps)
         out.extend(WatchSpec(Kind.SECRET, ns, name) for ns, name in self.secrets)
         return out
+
+
+def trust_root_config_maps(config: Config) -> tuple[tuple[str, str], ...]:
+    """(namespace, name) of the trust-root ConfigMaps the configured meshes read.
+
+    - Istio in CA mode without ``istio.roots_file``: ``istio-ca-root-cert`` in
+      ``gateway.namespace`` (istiod copies it into every namespace; the
+      provider reads the gateway's own copy);
+    - Linkerd in CA mode without ``linkerd.roots_file``:
+      ``linkerd-identity-trust-roots`` in ``linkerd.namespace``;
+    - nothing otherwise: files modes, Linkerd's sidecar mode and Consul read
+      no ConfigMap, and a watch nobody reads would need RBAC nobody should grant.
+    """
+    out: set[tuple[str, str]] = set()
+    if config.istio.identity == "ca" and not config.istio.roots_file:
+        out.add((config.gateway.namespace, ISTIO_ROOT_CERT))
+    if config.linkerd.mode == "ca" and not config.linkerd.roots_file:
+        out.add((config.linkerd.namespace, LINKERD_TRUST_ROOTS))
+    return tuple(sorted(out))
 
 
 class _Handoff:

@@ -268,7 +268,11 @@ def test_consul_token_intentions_and_catalog_sync() -> None:
     find(docs, "Namespace", ns)
     role = find(docs, "Role", "meshbridge-catalog-sync", namespace=ns)
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]}
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["get", "create", "update", "delete"],
+        }
     ]
     # NodePort Services register node addresses: Nodes are read, never written.
     nodes = find(docs, "ClusterRole", "meshbridge-catalog-sync-nodes")

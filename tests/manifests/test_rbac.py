@@ -7,7 +7,9 @@ What the code calls is derived from the code itself, never restated here:
   ``adapters.kubernetes.reflector.KIND_APIS`` names, listed then watched;
 - every other API call: any ``kubernetes.client`` API method named in the code
   of ``adapters/`` and ``bridge/`` (attribute calls and method-name strings for
-  ``getattr`` tables alike).
+  ``getattr`` tables alike); the few made only when the config turns a
+  feature on (TokenRequest, ExternalName Service writes) count for an overlay
+  only when its config does, by the wiring's own test (:data:`CONDITIONAL`).
 
 A client method is turned into (API group, resource, verb) by reading the
 HTTP method and path from the ``kubernetes`` client's own request builder.
@@ -21,6 +23,7 @@ import ast
 import functools
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,8 @@ from kubernetes import client as k8s_client
 
 from adapters.kubernetes.reflector import KIND_APIS
 from adapters.kubernetes.source import KubernetesSourceSettings
-from bridge.config import config_from_dict
+from bridge.cli.wiring import needs_token_request
+from bridge.config import Config, config_from_dict
 from tests.manifests.build import OVERLAYS, ROOT, Doc, build, config_of
 
 BRIDGE_SA = ("meshbridge", "meshbridge")  # namespace, name
@@ -221,37 +225,12 @@ def allows(g: Grant, namespace: str | None, name: str | None, call: Call) -> boo
     return not g.names or (name is not None and name in g.names)
 
 
-# Watches the adapter starts whatever the mesh, which least privilege does not
-# grant: it reads each trust-root ConfigMap only where the overlay's mesh
-# publishes it. Strict: when the adapter stops watching them the marker must go.
-UNGRANTED_BY_DESIGN = {
-    ("istio-system", "istio-ca-root-cert"): "Istio's copy in istio-system: the bridge reads "
-    "the copy istiod puts in its own namespace",
-    ("meshbridge", "istio-ca-root-cert"): "Istio trust roots outside the Istio CA overlay",
-    ("linkerd", "linkerd-identity-trust-roots"): "Linkerd trust roots outside the "
-    "Linkerd direct overlay",
-}
-NEEDS_ISTIO_ROOT = {"istio-ca"}
-NEEDS_LINKERD_ROOTS = {"linkerd-direct"}
-
-
 def _watch_cases() -> list[Any]:
-    cases = []
-    for overlay in OVERLAYS:
-        for ns, name, call in watch_calls(config_of(build(f"overlays/{overlay}"))):
-            marks = []
-            key = (ns, name)
-            expected = (
-                name == "istio-ca-root-cert" and ns == "meshbridge" and overlay in NEEDS_ISTIO_ROOT
-            ) or (name == "linkerd-identity-trust-roots" and overlay in NEEDS_LINKERD_ROOTS)
-            if key in UNGRANTED_BY_DESIGN and not expected:
-                marks.append(pytest.mark.xfail(strict=True, reason=UNGRANTED_BY_DESIGN[key]))
-            cases.append(
-                pytest.param(
-                    overlay, ns, name, call, marks=marks, id=f"{overlay}-{call}-{ns}-{name}"
-                )
-            )
-    return cases
+    return [
+        pytest.param(overlay, ns, name, call, id=f"{overlay}-{call}-{ns}-{name}")
+        for overlay in OVERLAYS
+        for ns, name, call in watch_calls(config_of(build(f"overlays/{overlay}")))
+    ]
 
 
 @pytest.mark.parametrize(("overlay", "namespace", "name", "call"), _watch_cases())
@@ -271,24 +250,33 @@ def test_every_other_api_call_is_granted() -> None:
     assert not missing, f"the code calls these and no overlay grants them: {missing}"
 
 
-# The adapter's modules that use the Lease, TokenRequest and Event grants
-# (adapters/kubernetes/__init__.py names them). Until they exist those grants
-# are unused and this test is expected to fail; once they do it runs for real.
-_PENDING = [
-    m
-    for m in ("tokens.py", "leader.py", "events.py")
-    if not (ROOT / "adapters" / "kubernetes" / m).exists()
-]
+# Calls the code makes only when the config turns a feature on, with the
+# wiring's own test for it; every other call in the code is made by any
+# ``serve --source kubernetes`` (watches aside, which come from the config).
+CONDITIONAL: dict[Call, Callable[[Config], bool]] = {
+    Call("", "serviceaccounts/token", "create"): needs_token_request,
+    **{
+        Call("", "services", verb): lambda c: c.catalog_sync.to_kubernetes.enabled
+        for verb in ("get", "create", "update", "delete")
+    },
+}
 
 
-@pytest.mark.xfail(
-    bool(_PENDING), reason=f"adapters/kubernetes lacks {_PENDING} so far", strict=True
-)
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_nothing_granted_is_unused(overlay: str) -> None:
-    docs = build(f"overlays/{overlay}")
-    watches = watch_calls(config_of(docs))
-    used_anywhere = direct_calls()
+def used_by(config: Config) -> frozenset[Call]:
+    """The API calls other than watches that the bridge makes with ``config``."""
+    return frozenset(c for c in direct_calls() if c not in CONDITIONAL or CONDITIONAL[c](config))
+
+
+def test_the_conditional_calls_are_calls_the_code_makes() -> None:
+    # A stale entry would hide a spare grant.
+    assert set(CONDITIONAL) <= direct_calls()
+
+
+def spare_grants(docs: tuple[Doc, ...]) -> list[str]:
+    """Grants to the bridge that neither its watches nor its other calls use, with its config."""
+    raw = config_of(docs)
+    watches = watch_calls(raw)
+    used = used_by(config_from_dict(raw, env={}))
     spare = []
     for g in grants(docs):
         by_watch = any(
@@ -297,9 +285,47 @@ def test_nothing_granted_is_unused(overlay: str) -> None:
             and (not g.names or name in g.names)
             for ns, name, c in watches
         )
-        if not by_watch and g.call not in used_anywhere:
+        if not by_watch and g.call not in used:
             spare.append(f"{g.where}: {g.call}" + (f" in {g.namespace}" if g.namespace else ""))
+    return spare
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nothing_granted_is_unused(overlay: str) -> None:
+    spare = spare_grants(build(f"overlays/{overlay}"))
     assert not spare, f"overlays/{overlay} grants what no code uses: {spare}"
+
+
+def test_a_spare_grant_is_found() -> None:
+    # The check above on a doctored overlay: a token grant where no CA mode
+    # needs one, and ConfigMap reads in a namespace the adapter never watches.
+    extra = (
+        {
+            "kind": "Role",
+            "metadata": {"name": "extra", "namespace": "meshbridge"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["serviceaccounts/token", "configmaps"],
+                    "verbs": ["create", "list"],
+                }
+            ],
+        },
+        {
+            "kind": "RoleBinding",
+            "metadata": {"name": "extra", "namespace": "meshbridge"},
+            "roleRef": {"kind": "Role", "name": "extra"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "meshbridge", "namespace": "meshbridge"}
+            ],
+        },
+    )
+    assert sorted(spare_grants(build("overlays/istio-files") + extra)) == [
+        "Role extra: create configmaps in meshbridge",
+        "Role extra: create serviceaccounts/token in meshbridge",
+        "Role extra: list configmaps in meshbridge",
+        "Role extra: list serviceaccounts/token in meshbridge",
+    ]
 
 
 def test_the_call_table_reads_the_client_correctly() -> None:
