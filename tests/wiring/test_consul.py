@@ -6,12 +6,14 @@
   behind a real Envoy enforcing Connect's inbound rules, and a leaf rotation
   while requests flow fails none;
 - ``sync-catalog --dry-run`` prints the plan and writes nothing; without it
-  the plan is applied; ``serve`` with catalog sync registers a new Service.
+  the plan is applied; ``serve`` with catalog sync registers a new Service
+  (counted on ``/metrics``) and a NodePort Service at its Node's address.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +265,46 @@ def test_serve_registers_a_new_service_in_consul_on_file_change(
         # poll (50 ms), the pipeline's and the syncer's debounce, one /v1/txn.
         print(f"file change to Consul registration: {elapsed * 1000:.0f} ms")
         assert lt.do(lambda: agent.count("PUT", "/v1/txn")) >= 1
+
+        # The writes are counted on /metrics.
+        written = re.compile(
+            r'^meshbridge_catalog_sync_writes_total\{operation="register",target="consul"\} '
+            r"([0-9.]+)$",
+            re.M,
+        )
+
+        def registers() -> float:
+            m = written.search(s.admin("/metrics"))
+            return float(m.group(1)) if m else 0.0
+
+        wait_for(lambda: registers() >= 1, timeout=DEADLINE, what="writes on /metrics")
+
+        # A NodePort Service registers its endpoints' Node addresses (the Node is a
+        # document of the directory source, as the Kubernetes source watches them).
+        edge = service("shop", "edge", {})
+        edge["spec"] = {
+            "type": "NodePort",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}],
+        }
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "worker-1"},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "192.168.10.5"},
+                    {"type": "ExternalIP", "address": "203.0.113.5"},
+                ]
+            },
+        }
+        write_docs(
+            world / "edge.yaml",
+            [edge, node, endpoint_slice("shop", "edge", "10.1.2.9", 8080, node="worker-1")],
+        )
+
+        def edge_at() -> set[tuple[str, int]]:
+            regs = lt.do(lambda: agent.services_on("k8s-sync")).values()
+            return {(r["Address"], r["Port"]) for r in regs if r["Service"] == "edge"}
+
+        wait_for(lambda: edge_at() == {("203.0.113.5", 30080)}, timeout=DEADLINE, what="edge")
+        wait_for(lambda: registers() >= 2, timeout=DEADLINE, what="the second write counted")
