@@ -22,11 +22,20 @@ on each of its known failures:
   and ``/v1/health/node/<node>`` (our checks' status) notice changes made
   behind our back and trigger a re-read and re-diff.
 
+- NodePort instances take their addresses from the World's Nodes
+  (``node_port_sync_type`` ExternalOnly / InternalOnly / ExternalFirst); a
+  Node change re-registers only the instances it moves.
+
+Consul → Kubernetes writes ExternalName Services through
+:class:`ServiceWriter`, implemented where the Kubernetes client lives (the
+CLI wiring), so this adapter imports no other adapter; the writer re-checks
+ownership at write time and a failed write is retried with backoff.
+
 The desired state is computed by pure functions (:func:`desired_registrations`)
 from the World; only :class:`ToConsulSyncer`, :class:`ToKubernetesSyncer` and
-:func:`plan_sync` do I/O. Kubernetes writes go through :class:`ServiceWriter`,
-implemented where the Kubernetes client lives (the CLI wiring), so this
-adapter imports no other adapter.
+:func:`plan_sync` do I/O. Both syncers report their writes to a plain
+``record(target, operation, count)`` callable (:data:`WriteRecorder`; the
+wiring passes the metrics' counter), so this module needs no metrics library.
 """
 
 from __future__ import annotations
