@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
+from collections.abc import Awaitable, Callable
 
 from adapters.consul.client import ConsulClient
-from adapters.consul.sync import SyncPlan, apply_plan, plan_sync
+from adapters.consul.sync import ForeignService, SyncPlan, apply_plan, plan_sync
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError, MeshbridgeError, SourceError
 from bridge.store import Store
@@ -66,12 +68,16 @@ async def _plan_and_apply(spec: str, config: Config, dry_run: bool) -> SyncPlan:
         except SourceError as exc:
             raise MeshbridgeError(f"catalog sync failed: {exc}") from exc
     if writer is not None:
-        for svc in plan.k8s_create:
-            await writer.create_service(svc)
-        for svc in plan.k8s_update:
-            await writer.update_service(svc)
-        for ns, name in plan.k8s_delete:
-            await writer.delete_service(ns, name)
+        writes: list[Callable[[], Awaitable[None]]] = [
+            *(functools.partial(writer.create_service, svc) for svc in plan.k8s_create),
+            *(functools.partial(writer.update_service, svc) for svc in plan.k8s_update),
+            *(functools.partial(writer.delete_service, ns, name) for ns, name in plan.k8s_delete),
+        ]
+        for write in writes:
+            try:
+                await write()
+            except ForeignService as exc:  # taken since the plan was read: left alone
+                print(f"  ! {exc}")
     print(
         f"applied: {len(plan.register)} registered, {len(plan.deregister)} deregistered"
         + (
