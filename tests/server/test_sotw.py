@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from bridge.errors import ConsistencyError
+from bridge.server import ads as ads_module
 from bridge.server.ads import private_transport
 from bridge.server.cache import AccessPolicy, Snapshot
 from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
@@ -230,6 +231,28 @@ async def test_a_listen_port_the_bridge_serves_no_listener_on_is_reported(
     w.set(resources(listener("http", 9090, "routes"), base=w.resources))
     await s.ack(await s.recv())
     assert harness.ads.status()[0].listen_port_problem == ""
+
+
+async def test_the_record_of_refusals_is_bounded(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ads_module, "_MAX_REJECTED", 2)
+    w = World(harness, resources(cla("a", []), cla("b", []), cla("c", [])))
+    s = harness.sotw()
+    await s.send(ENDPOINT, ["a", "b", "c"])
+    r1 = await s.recv()
+    await s.ack(r1, ["a", "b", "c"])
+    bad = [cla(n, [("bad", 1)]) for n in "abc"]
+    w.set(resources(*bad, base=w.resources))
+    r2 = await s.recv()
+    assert names(r2) == ["a", "b", "c"]
+    await s.send(ENDPOINT, ["a", "b", "c"], version=r1.version_info, nonce=r2.nonce, error="bad")
+    # Only the newest two refusals are kept: the forgotten one is offered once more,
+    # the other two stay held.
+    r3 = await s.recv()
+    assert names(r3) == ["a"]
+    [stream] = harness.ads._streams
+    assert len(stream.types[ENDPOINT].rejected) == 2
 
 
 async def test_a_request_with_a_stale_nonce_is_ignored(harness: Harness) -> None:
