@@ -11,6 +11,11 @@ The bridge is reached over HTTP/2 at:
   moved bridge is found again;
 - ``unix:/path`` — a Unix socket (same pod).
 
+A name is looked up with Envoy's default family (IPv6 first, then IPv4), as a
+Kubernetes Service name resolves; for a bridge in the same pod give its IP
+(``127.0.0.1:18000``) or a Unix socket rather than ``localhost``, which may
+resolve to ``::1`` while the bridge listens on ``127.0.0.1``.
+
 With :class:`XdsTls` the connection is mutual TLS: Envoy presents the client
 certificate and key from files (mounted from a Secret), verifies the bridge
 against the CA file and the DNS name it dials (SNI and an exact DNS SAN
