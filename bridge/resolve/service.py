@@ -15,6 +15,7 @@ Pure and deterministic: the same World and settings give an equal result.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, replace
 
 from bridge.model.consul import ConsulServiceKey
@@ -53,6 +54,9 @@ CONSUL_NONE_PASSING = "consul.none-passing"
 NO_PORTS = "port.none"
 FQDN_SLICE = "endpoints.unsupported-address-type"
 
+# Endpoint's own order (its fields in turn), compared in C: the generated
+# dataclass ``__lt__`` runs in Python, 100k endpoints per full resolve.
+_ENDPOINT_ORDER = operator.attrgetter("address", "port", "zone")
 _HTTP2_APP_PROTOCOLS = frozenset({"h2c", "grpc", "kubernetes.io/h2c"})
 _HTTP2_NAME_PREFIXES = ("grpc", "h2c", "http2")
 
@@ -311,7 +315,7 @@ def _slice_endpoints(
                 # Addresses of one endpoint are fungible; the first is the one
                 # kube-proxy uses.
                 out.add(Endpoint(e.addresses[0], number, e.zone or ""))
-    return tuple(sorted(out))
+    return tuple(sorted(out, key=_ENDPOINT_ORDER))
 
 
 def _consul_endpoints(
@@ -343,4 +347,4 @@ def _consul_endpoints(
                 CONSUL_NONE_PASSING,
             )
         )
-    return tuple(sorted({Endpoint(i.address, i.port) for i in cs.instances}))
+    return tuple(sorted({Endpoint(i.address, i.port) for i in cs.instances}, key=_ENDPOINT_ORDER))
