@@ -293,7 +293,9 @@ def _slice_endpoints(
     world: World, svc: K8sService, port: ServicePort, diags: list[Diagnostic]
 ) -> tuple[Endpoint, ...]:
     """Ready, non-terminating endpoints on the slice port named like the Service port."""
-    out: set[Endpoint] = set()
+    # Deduplicated and sorted as plain tuples (C-level hashing and comparison),
+    # made into Endpoints once at the end.
+    out: set[tuple[str, int, str]] = set()
     for s in world.slices_of(svc.namespace, svc.name):
         if s.address_type not in ("IPv4", "IPv6"):
             diags.append(
@@ -314,8 +316,8 @@ def _slice_endpoints(
             if e.ready and not e.terminating:
                 # Addresses of one endpoint are fungible; the first is the one
                 # kube-proxy uses.
-                out.add(Endpoint(e.addresses[0], number, e.zone or ""))
-    return tuple(sorted(out, key=_ENDPOINT_ORDER))
+                out.add((e.addresses[0], number, e.zone or ""))
+    return tuple(Endpoint(a, p, z) for a, p, z in sorted(out))
 
 
 def _consul_endpoints(
