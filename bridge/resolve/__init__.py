@@ -46,6 +46,7 @@ Pure and deterministic: sorted output, no I/O, no clocks, no environment.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -75,6 +76,10 @@ __all__ = ["CONFLICT", "resolve", "resolve_service"]
 CONFLICT = "route.conflict"
 
 _Pair = tuple[str, str]  # (host, prefix)
+
+# ObjectRef's own order (kind, namespace, name) compared in C: its generated
+# ``__lt__`` runs in Python, and a full build sorts 10k refs twice.
+_REF_ORDER = operator.attrgetter("kind", "namespace", "name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +128,7 @@ def resolve(
             basis,
             reuse_final,
             reuse_claimed,
-            sorted(_affected(world, basis, reuse_final, changed)),
+            sorted(_affected(world, basis, reuse_final, changed), key=_REF_ORDER),
         )
     empty = _Basis(World(), settings, {}, {}, {}, {}, {})
     return _build(
@@ -133,7 +138,7 @@ def resolve(
         empty,
         reuse_final,
         reuse_claimed,
-        sorted(set(world.services) | set(reuse_final)),
+        sorted(set(world.services) | set(reuse_final), key=_REF_ORDER),
     )
 
 
@@ -258,7 +263,7 @@ def _build(
     claimed = base_claimed
     claimed_d: dict[ObjectRef, ServiceResolution] | None = None
     finals_changed: list[tuple[ServiceResolution | None, ServiceResolution | None]] = []
-    for ref in sorted(refinalize | set(new_claimed)):
+    for ref in sorted(refinalize | set(new_claimed), key=_REF_ORDER):
         src = new_claimed[ref] if ref in new_claimed else (claimed.get(ref) or services.get(ref))
         prev_final = services.get(ref)
         lost = False
