@@ -14,7 +14,9 @@ shows them, with the habits of client-go's event correlator:
 
 :class:`DiagnosticEvents` turns the pipeline's diagnostics into Events: it
 is called with the full current set after every build and emits only the
-diagnostics that are new since the previous call, for Services only.
+diagnostics that are new since the previous call, for Services only, and
+only while this replica leads when given a leader gate (``serve`` passes the
+Lease elector, so two replicas don't write every Event twice).
 
 The clock is injectable (monotonic seconds) so tests need no sleeps.
 """
@@ -32,11 +34,13 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
-from adapters.kubernetes.client import call, read_json
+from adapters.kubernetes.client import call, load_api_client, read_json
+from bridge.config import Config
 from bridge.errors import SourceError
+from bridge.leader import LeaderGate
 from bridge.model.diagnostics import Diagnostic, Severity
 from bridge.model.ir import Resolved
-from bridge.model.k8s import Kind, ObjectRef
+from bridge.model.k8s import K8sService, Kind, ObjectRef
 from bridge.model.world import World
 
 log = logging.getLogger(__name__)
@@ -204,22 +208,53 @@ class EventRecorder:
 
 
 class DiagnosticEvents:
-    """Emits an Event for each Service diagnostic that is new since the last call.
+    """Emits an Event for each Service diagnostic this replica has not written yet.
 
     Use :meth:`update` directly, or :meth:`observe` as a pipeline observer
-    (``pipeline.observers.append(events.observe)``); call :meth:`aclose` on
-    shutdown to let the writes it scheduled finish.
+    (``pipeline.observers.append(events.observe)``) with :meth:`run` as a
+    :class:`bridge.app.Source`; :meth:`aclose` (called by :meth:`run` on the
+    way out) lets the writes it scheduled finish, within a bound.
+
+    With a ``leader`` gate only the leading replica writes, so two replicas
+    don't each write the same Event. A replica that is not leading writes
+    nothing and remembers nothing as written; when it takes over, it writes
+    the diagnostics present then, as a restarted replica would (at worst one
+    repeat per diagnostic per change of leader, never one per replica per
+    build).
     """
 
-    def __init__(self, recorder: EventRecorder) -> None:
+    name = "events"
+
+    def __init__(
+        self,
+        recorder: EventRecorder,
+        *,
+        leader: LeaderGate | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
         self.recorder = recorder
-        self._current: frozenset[Diagnostic] = frozenset()
+        self.leader = leader
+        self._poll_s = poll_s
+        self._latest: frozenset[Diagnostic] = frozenset()
+        self._services: Mapping[ObjectRef, K8sService] = {}
+        self._written: frozenset[Diagnostic] = frozenset()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _new(self, diags: Iterable[Diagnostic]) -> list[Diagnostic]:
-        now = frozenset(d for d in diags if d.ref.kind is Kind.SERVICE)
-        new = sorted(now - self._current)
-        self._current = now
+    @property
+    def pending_writes(self) -> int:
+        """Event writes scheduled and not finished yet."""
+        return len(self._tasks)
+
+    @property
+    def leading(self) -> bool:
+        return self.leader is None or self.leader.is_leader
+
+    def _take_new(self) -> list[Diagnostic]:
+        if not self.leading:
+            self._written = frozenset()
+            return []
+        new = sorted(self._latest - self._written)
+        self._written = self._latest
         return new
 
     async def _emit(self, new: list[Diagnostic], uids: Mapping[ObjectRef, str]) -> None:
@@ -238,22 +273,63 @@ class DiagnosticEvents:
     async def update(
         self, diags: Iterable[Diagnostic], uids: Mapping[ObjectRef, str] | None = None
     ) -> int:
-        """Record the new diagnostics; returns how many were new."""
-        new = self._new(diags)
+        """Record the new diagnostics (if leading); returns how many were written."""
+        self._latest = frozenset(d for d in diags if d.ref.kind is Kind.SERVICE)
+        new = self._take_new()
         await self._emit(new, uids or {})
         return len(new)
 
     def observe(self, world: World, resolved: Resolved, _stats: object) -> None:
         """Pipeline observer: schedules the Events for this build's new diagnostics."""
-        new = self._new(resolved.diagnostics)
+        self._latest = frozenset(d for d in resolved.diagnostics if d.ref.kind is Kind.SERVICE)
+        self._services = world.services
+        self._flush()
+
+    def _flush(self) -> None:
+        new = self._take_new()
         if not new:
             return
-        uids = {d.ref: svc.uid for d in new if (svc := world.services.get(d.ref)) is not None}
+        services = self._services
+        uids = {d.ref: svc.uid for d in new if (svc := services.get(d.ref)) is not None}
         task = asyncio.get_running_loop().create_task(self._emit(new, uids))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def aclose(self) -> None:
-        """Wait for the Event writes already scheduled (each is bounded by its timeouts)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def run(self) -> None:
+        """Write what is pending whenever this replica takes the lead; until cancelled."""
+        try:
+            if self.leader is None:
+                await asyncio.Event().wait()
+            assert self.leader is not None
+            led = False
+            while True:
+                if not self.leader.is_leader:
+                    led = False
+                    self._written = frozenset()
+                    await self.leader.wait_leader()
+                    continue
+                if not led:
+                    led = True
+                    self._flush()  # what the builds showed while another replica led
+                # The gate has no "lost" signal: look again shortly.
+                await asyncio.sleep(self._poll_s)
+        finally:
+            await self.aclose()
+
+    async def aclose(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Wait for the Event writes already scheduled, at most ``timeout``; cancel the rest."""
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def diagnostic_events(config: Config, leader: LeaderGate | None) -> DiagnosticEvents:
+    """Events for ``serve --source kubernetes``: the configured cluster, written by ``leader``."""
+    return DiagnosticEvents(
+        EventRecorder(load_api_client(config.kubernetes.kubeconfig, config.kubernetes.context)),
+        leader=leader,
+    )

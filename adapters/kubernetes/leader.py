@@ -52,10 +52,14 @@ def default_identity() -> str:
     return f"{socket.gethostname()}_{os.getpid()}"
 
 
+CATALOG_SYNC_LEASE = "meshbridge-catalog-sync"
+EVENTS_LEASE = "meshbridge-events"
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseSettings:
     namespace: str
-    name: str = "meshbridge-catalog-sync"
+    name: str = CATALOG_SYNC_LEASE
     identity: str = field(default_factory=default_identity)
     lease_duration_s: float = 15.0
     renew_deadline_s: float = 10.0
@@ -69,9 +73,20 @@ class LeaseSettings:
 
 
 def lease_settings_for(config: Config, identity: str = "") -> LeaseSettings:
-    """The catalog-sync Lease in the gateway's namespace; identity defaults to host and pid."""
+    """The Lease ``serve`` elects its one writer on, in the gateway's namespace.
+
+    With catalog sync on: ``meshbridge-catalog-sync`` (its leader also writes
+    the Events). Without: ``meshbridge-events``, for the Events alone — a
+    different name, so the one-shot ``sync-catalog`` (which refuses to write
+    while a live replica holds the catalog-sync Lease) is not held off by
+    replicas that never sync. Identity defaults to host and pid.
+    """
+    sync = config.catalog_sync
+    on = sync.to_consul.enabled or sync.to_kubernetes.enabled
     return LeaseSettings(
-        namespace=config.gateway.namespace, identity=identity or default_identity()
+        namespace=config.gateway.namespace,
+        name=CATALOG_SYNC_LEASE if on else EVENTS_LEASE,
+        identity=identity or default_identity(),
     )
 
 

@@ -8,8 +8,11 @@ adds the mesh identity providers and the Consul part the config turns on
 Catalog sync writes only while this replica leads: with the directory source
 there is one replica by definition (:class:`bridge.leader.AlwaysLeader`);
 with the Kubernetes source, the Lease ``meshbridge-catalog-sync`` in
-``gateway.namespace`` (:mod:`adapters.kubernetes.leader`). CA identity modes
-take the gateway's token from ``*.token_file`` or, with the Kubernetes
+``gateway.namespace`` (:mod:`adapters.kubernetes.leader`). With the
+Kubernetes source, diagnostics on Services are also written as Kubernetes
+Events (:mod:`adapters.kubernetes.events`), by the leader only; with catalog
+sync off the replicas elect that writer on the Lease ``meshbridge-events``.
+CA identity modes take the gateway's token from ``*.token_file`` or, with the Kubernetes
 source, from TokenRequest (:mod:`adapters.kubernetes.tokens`).
 
 Exit codes: 0 success (``resolve`` exits 0 even when Services have
@@ -23,7 +26,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import bridge
 from adapters.consul.client import ConsulClient
@@ -48,10 +51,14 @@ from bridge.logs import configure as configure_logging
 from bridge.model.diagnostics import Diagnostic
 from bridge.model.ir import Mesh, Resolved
 from bridge.model.world import World
+from bridge.pipeline import BuildStats
 from bridge.sources.dir import DirSource
 from bridge.store import Store
 
 log = logging.getLogger("bridge.cli")
+
+# Called with every published build (World, resolution, build figures).
+Observer = Callable[[World, Resolved, BuildStats], None]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -203,21 +210,33 @@ def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
 
 
 def leader_gate(spec: str, config: Config) -> tuple[LeaderGate, Source | None]:
-    """Who may write the catalog, and the source that campaigns for it.
+    """Who may write (the catalog, Kubernetes Events), and the source that campaigns for it.
 
     The directory source means one replica: :class:`AlwaysLeader`. With the
-    Kubernetes source and catalog sync on: the Lease ``meshbridge-catalog-sync``
-    in ``gateway.namespace``.
+    Kubernetes source, a Lease in ``gateway.namespace`` — always, since the
+    Events need one writer among the replicas even with catalog sync off
+    (:func:`adapters.kubernetes.leader.lease_settings_for` names it).
     """
-    sync = config.catalog_sync
-    if spec != "kubernetes" or not (sync.to_consul.enabled or sync.to_kubernetes.enabled):
+    if spec != "kubernetes":
         return AlwaysLeader(), None
     elector = lease_elector(config)
     return elector, LeaseSource(elector)
 
 
+def kubernetes_events(config: Config, leader: LeaderGate) -> tuple[Source, Observer]:
+    """Diagnostics as Kubernetes Events: a source (takes over on leading, flushes on
+    shutdown) and the pipeline observer that sees every build."""
+    from adapters.kubernetes.events import diagnostic_events
+
+    events = diagnostic_events(config, leader)
+    return events, events.observe
+
+
 def _source_factory(
-    spec: str, config: Config, consul_parts: list[ConsulPart] | None = None
+    spec: str,
+    config: Config,
+    consul_parts: list[ConsulPart] | None = None,
+    observers: list[Observer] | None = None,
 ) -> SourceFactory:
     def factory(store: Store) -> list[Source]:
         sources: list[Source] = [IdentitySource(p) for p in identity_providers(store, config)]
@@ -241,7 +260,10 @@ def _source_factory(
         if consul_parts is not None:
             consul_parts.append(consul)
         if spec == "kubernetes":
-            return [*sources, _KubernetesSource(store, config)]
+            events, observe = kubernetes_events(config, leader)
+            if observers is not None:
+                observers.append(observe)
+            return [*sources, events, _KubernetesSource(store, config)]
         dir_source = DirSource(
             store,
             spec.removeprefix("dir:"),
@@ -260,13 +282,15 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     spec = _source_spec(args, config)
     consul_parts: list[ConsulPart] = []
+    observers: list[Observer] = []
     app = Bridge(
         config,
-        _source_factory(spec, config, consul_parts),
+        _source_factory(spec, config, consul_parts, observers),
         xds_address=args.xds,
         admin_address=args.admin,
         drain=args.drain,
     )
+    app.pipeline.observers.extend(observers)
     for part in consul_parts:
         app.pipeline.observers.append(part.observe)
         part.report_writes(app.metrics.record_catalog_writes)

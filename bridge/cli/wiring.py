@@ -452,14 +452,14 @@ class LeaseSource:
 
 
 def lease_elector(config: Config) -> Any:
-    """A :class:`adapters.kubernetes.leader.LeaseElector` on Lease
-    ``meshbridge-catalog-sync`` in ``gateway.namespace``."""
+    """A :class:`adapters.kubernetes.leader.LeaseElector` in ``gateway.namespace``: Lease
+    ``meshbridge-catalog-sync`` with catalog sync on, else ``meshbridge-events``."""
     from adapters.kubernetes.client import load_api_client
-    from adapters.kubernetes.leader import LeaseElector, LeaseSettings
+    from adapters.kubernetes.leader import LeaseElector, lease_settings_for
 
     return LeaseElector(
         load_api_client(config.kubernetes.kubeconfig, config.kubernetes.context),
-        LeaseSettings(namespace=config.gateway.namespace),
+        lease_settings_for(config),
     )
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,6 +204,14 @@ def env(tmp_path: Path) -> Iterator[Env]:
                     proc.wait(timeout=10)
 
 
+def bad_service_events(kube: KubeApiServer) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in kube.objects("v1", "Event", "shop")
+        if e["involvedObject"]["name"] == "bad" and e["involvedObject"]["kind"] == "Service"
+    ]
+
+
 def test_annotated_service_is_routable_scales_and_goes_away(env: Env) -> None:
     env.wait(lambda: get(env.gateway_port, "/web") == (200, "127.0.0.2"), "the annotated Service")
 
@@ -222,6 +231,19 @@ def test_annotated_service_is_routable_scales_and_goes_away(env: Env) -> None:
     # Scale down after it is back: the removed endpoint gets no more traffic.
     env.kube.apply(endpoint_slice("shop", "web-abcde", "web", ["127.0.0.3"], port=env.backend_port))
     env.wait(lambda: env.backends_seen() == {"127.0.0.3"}, "only the remaining endpoint")
+
+    # A bad annotation: the Service is left out, and the diagnostic becomes an
+    # Event on it, written by the replica holding the Events Lease.
+    env.kube.apply(
+        service("shop", "bad", {"meshbridge.io/prefix": "/bad", "meshbridge.io/timeout": "fast"})
+    )
+    env.wait(lambda: bad_service_events(env.kube), "an Event on the bad Service")
+    (event,) = bad_service_events(env.kube)
+    assert event["type"] == "Warning" and "meshbridge.io/timeout" in event["message"]
+    lease = env.kube.get("coordination.k8s.io/v1", "Lease", "meshbridge", "meshbridge-events")
+    assert lease is not None and lease["spec"]["holderIdentity"]
+    assert get(env.gateway_port, "/bad")[0] == 404
+    assert get(env.gateway_port, "/web")[0] == 200, "the other routes keep working"
 
     # Deleting the Service removes the route.
     env.kube.delete("v1", "Service", "shop", "web")

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
+from adapters.kubernetes.leader import lease_settings_for
 from adapters.kubernetes.reflector import KIND_APIS
 from adapters.kubernetes.source import KubernetesSourceSettings
 from bridge.cli.wiring import needs_token_request
@@ -326,6 +327,23 @@ def test_a_spare_grant_is_found() -> None:
         "Role extra: list configmaps in meshbridge",
         "Role extra: list serviceaccounts/token in meshbridge",
     ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_lease_granted_is_the_one_the_config_elects_on(overlay: str) -> None:
+    docs = build(f"overlays/{overlay}")
+    lease = lease_settings_for(config_from_dict(config_of(docs), env={}))
+    named = {
+        (g.call.verb, name, g.namespace)
+        for g in grants(docs)
+        if g.call.resource == "leases"
+        for name in g.names or {"*"}
+    }
+    assert named == {
+        ("create", "*", lease.namespace),
+        ("get", lease.name, lease.namespace),
+        ("update", lease.name, lease.namespace),
+    }
 
 
 def test_the_call_table_reads_the_client_correctly() -> None:
