@@ -118,6 +118,14 @@ def _check_source(value: Any) -> str | None:
     return f"{value!r} is not 'kubernetes' or 'dir:PATH'"
 
 
+def _check_object_names(value: Any) -> str | None:
+    for i, item in enumerate(value):
+        ns, sep, name = item.partition("/")
+        if not sep or not ns or not name or "/" in name:
+            return f"item {i} {item!r} is not NAMESPACE/NAME (e.g. meshbridge/consul-ca)"
+    return None
+
+
 def _checked(default: T, check: Callable[[Any], str | None]) -> T:
     return field(default=default, metadata={"check": check})
 
@@ -174,6 +182,15 @@ class KubernetesConfig:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     kubeconfig: str = ""  # empty: in-cluster, else $KUBECONFIG, else ~/.kube/config
     context: str = ""
+    # Secrets to read, each by name ("namespace/name"): never all Secrets, so
+    # RBAC can grant exactly these.
+    secrets: tuple[str, ...] = _checked((), _check_object_names)
+
+    def secret_refs(self) -> tuple[tuple[str, str], ...]:
+        """``secrets`` as sorted, distinct (namespace, name) pairs."""
+        return tuple(
+            sorted({(ns, name) for ns, _, name in (s.partition("/") for s in self.secrets)})
+        )
 
 
 # Consul's own default datacenter name: used for Connect names (SNI, SPIFFE)

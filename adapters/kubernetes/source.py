@@ -73,16 +73,18 @@ class KubernetesSourceSettings:
     ) -> KubernetesSourceSettings:
         """Settings from the config file.
 
-        Trust-root ConfigMaps are watched only for a mesh whose identity
-        provider reads them (:func:`trust_root_config_maps`), so each
-        deployment needs RBAC for exactly the ConfigMaps its mesh publishes.
+        Secrets are ``kubernetes.secrets`` and any more a caller names in
+        ``secrets``, each watched by name. Trust-root ConfigMaps are watched
+        only for a mesh whose identity provider reads them
+        (:func:`trust_root_config_maps`), so each deployment needs RBAC for
+        exactly the ConfigMaps its mesh publishes.
         """
         return cls(
             namespaces=config.kubernetes.namespaces,
             kubeconfig=config.kubernetes.kubeconfig,
             context=config.kubernetes.context,
             config_maps=trust_root_config_maps(config),
-            secrets=tuple(sorted(set(secrets))),
+            secrets=tuple(sorted({*config.kubernetes.secret_refs(), *secrets})),
             watch_nodes=config.catalog_sync.to_consul.enabled,
         )
 

@@ -64,6 +64,11 @@ REPO = Path(__file__).resolve().parents[2]
             id="debounce-cap",
         ),
         pytest.param({"source": "git:repo"}, "source: 'git:repo' is not", id="source"),
+        pytest.param(
+            {"kubernetes": {"secrets": ["meshbridge/ca", "consul-ca"]}},
+            "kubernetes.secrets: item 1 'consul-ca' is not NAMESPACE/NAME",
+            id="secret-without-namespace",
+        ),
         pytest.param(["a"], "must be a mapping of keys, not a list", id="not-a-mapping"),
     ],
 )

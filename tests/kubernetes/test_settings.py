@@ -67,3 +67,19 @@ def test_trust_root_config_maps_only_for_ca_modes_reading_them(
     raw: dict[str, Any], expected: tuple[tuple[str, str], ...]
 ) -> None:
     assert config_maps(raw) == expected
+
+
+def test_configured_secrets_are_watched_each_by_name() -> None:
+    config = config_from_dict(
+        {"kubernetes": {"secrets": ["meshbridge/consul-ca", "edge/tls", "meshbridge/consul-ca"]}},
+        env={},
+    )
+    settings = KubernetesSourceSettings.from_config(config, secrets=(("edge", "extra"),))
+    assert settings.secrets == (
+        ("edge", "extra"),
+        ("edge", "tls"),
+        ("meshbridge", "consul-ca"),
+    )
+    secret_specs = {(s.namespace, s.name) for s in settings.specs() if s.kind is Kind.SECRET}
+    assert secret_specs == set(settings.secrets), "one named watch per Secret, never all"
+    assert KubernetesSourceSettings.from_config(config_from_dict({}, env={})).secrets == ()
