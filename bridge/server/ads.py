@@ -59,7 +59,13 @@ from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 
 from bridge.bootstrap import LISTEN_PORT_METADATA
 from bridge.server.cache import Entry, Snapshot, SnapshotCache, kind
-from bridge.server.wire import encode_delta_response, encode_discovery_response, encode_resource
+from bridge.server.wire import (
+    encode_delta_response,
+    encode_discovery_response,
+    encode_discovery_response_body,
+    encode_resource,
+    encode_resources,
+)
 from bridge.xds.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, PUSH_ORDER, ROUTE
 from bridge.xds.resources import SECRET as SECRET_TYPE
 
@@ -202,11 +208,21 @@ class _Versions(Mapping[str, str]):
     (a NACK, a shrinking subscription, delta bookkeeping).
     """
 
-    __slots__ = ("_entries", "_names")
+    __slots__ = ("_entries", "_names", "_serial")
 
-    def __init__(self, entries: Mapping[str, Entry], names: AbstractSet[str] | None) -> None:
+    def __init__(
+        self,
+        entries: Mapping[str, Entry],
+        names: AbstractSet[str] | None,
+        serial: int | None = None,
+    ) -> None:
         self._entries = entries
         self._names = names
+        self._serial = serial  # the snapshot ``entries`` belong to
+
+    def whole_of(self, serial: int | None) -> bool:
+        """Whether this is every entry of the snapshot numbered ``serial``."""
+        return serial is not None and self._names is None and self._serial == serial
 
     def __getitem__(self, name: str) -> str:
         if self._names is not None and name not in self._names:
@@ -535,7 +551,7 @@ class _Stream:
             if self.delta:
                 out = self._delta(ts, snap, changed)
             elif type_url in FULL_STATE_TYPES:
-                out = self._sotw_full(ts, snap)
+                out = self._sotw_full(ts, snap, changed)
             else:
                 out = self._sotw_named(ts, snap, changed)
             if out is not None:
@@ -560,10 +576,13 @@ class _Stream:
         self.server.observer.on_response(self.node_id, ts.type_url, count, len(payload))
         return payload
 
-    def _sotw_full(self, ts: _TypeState, snap: Snapshot) -> bytes | None:
+    def _sotw_full(
+        self, ts: _TypeState, snap: Snapshot, changed_names: frozenset[str] | None
+    ) -> bytes | None:
         entries = snap.entries(ts.type_url)
+        body: bytes | None = None
         if ts.wildcard:
-            chosen: Sequence[Entry] = list(entries.values())
+            chosen: Sequence[Entry] = ()
             view = "*" + snap.version(ts.type_url)
         else:
             chosen = [entries[n] for n in sorted(ts.names) if n in entries]
@@ -577,24 +596,41 @@ class _Stream:
             ts.dirty.clear()
             return None
         have = ts.have
-        changed = [e for e in chosen if have.get(e.name) != e.version]
+        if ts.wildcard:
+            # Every wildcard stream of the group sends the same resources: encode
+            # them once per snapshot type, not once per stream.
+            body, count = self.server.full_body(ts.type_url, entries)
+            if (
+                changed_names is not None
+                and type(have) is _Versions
+                and have.whole_of(snap.base_serial)
+            ):
+                # The client has the previous snapshot's set: only its changes differ.
+                changed = [
+                    entry
+                    for n in changed_names
+                    if (entry := entries.get(n)) is not None and have.get(n) != entry.version
+                ]
+            else:
+                changed = [e for e in entries.values() if have.get(e.name) != e.version]
+        else:
+            count = len(chosen)
+            changed = [e for e in chosen if have.get(e.name) != e.version]
         # The reply carries the full set: the client will have exactly the
         # snapshot's entries (of the names asked for). ``have`` is replaced, not
         # changed, so the old one can serve as "before" without a copy.
         before: Mapping[str, str | None] = have
-        ts.have = _Versions(entries, None if ts.wildcard else ts.names)
+        ts.have = _Versions(entries, None if ts.wildcard else ts.names, snap.serial)
         ts.view = view
         ts.dirty.clear()
         version = snap.version(ts.type_url)
         ts.last_nonce = self.nonce()
         self._warm(ts.type_url, changed)
         items: dict[str, str | None] = {e.name: e.version for e in changed}
-        payload = encode_discovery_response(
-            version, ts.type_url, ts.last_nonce, (e.any_bytes for e in chosen)
-        )
-        return self._finish(
-            ts, _Sent(ts.type_url, version, items, before, view), payload, len(chosen)
-        )
+        if body is None:
+            body = encode_resources(e.any_bytes for e in chosen)
+        payload = encode_discovery_response_body(version, ts.type_url, ts.last_nonce, body)
+        return self._finish(ts, _Sent(ts.type_url, version, items, before, view), payload, count)
 
     def _sotw_named(
         self, ts: _TypeState, snap: Snapshot, changed: frozenset[str] | None
@@ -624,7 +660,7 @@ class _Stream:
             # this reply lands): what the client has is a view of the snapshot.
             # (A name the snapshot dropped leaves the view; SotW never deletes
             # EDS/RDS/SDS by omission, so at worst it is sent again if it returns.)
-            ts.have = _Versions(entries, ts.names)
+            ts.have = _Versions(entries, ts.names, snap.serial)
         else:
             own = self._own_have(ts)
             for e in out:
@@ -739,6 +775,21 @@ class AdsServer:
         self._logged_nacks: set[tuple[str, str, str]] = set()
         self.nack_counts: collections.Counter[str] = collections.Counter()
         self._name_sets: dict[frozenset[str], frozenset[str]] = {}
+        # type URL -> (the entries, their encoded resources, count): the last full set
+        # encoded, shared by every wildcard stream serving that snapshot.
+        self._bodies: dict[str, tuple[Mapping[str, Entry], bytes, int]] = {}
+
+    def full_body(self, type_url: str, entries: Mapping[str, Entry]) -> tuple[bytes, int]:
+        """Every entry of ``entries`` as encoded ``resources`` fields, and how many."""
+        cached = self._bodies.get(type_url)
+        if cached is None or cached[0] is not entries:
+            cached = (
+                entries,
+                encode_resources(e.any_bytes for e in entries.values()),
+                len(entries),
+            )
+            self._bodies[type_url] = cached
+        return cached[1], cached[2]
 
     def shared_names(self, names: frozenset[str]) -> frozenset[str]:
         """One object for equal requested name sets, so 100 Envoys asking for the same

@@ -67,11 +67,30 @@ def encode_discovery_response(
     version_info: str, type_url: str, nonce: str, anys: Iterable[bytes]
 ) -> bytes:
     """A state-of-the-world ``DiscoveryResponse`` around pre-encoded ``Any`` bytes."""
-    parts = [_field(_DR_VERSION, version_info.encode())]
-    parts.extend(_DR_RESOURCES + varint(len(a)) + a for a in anys)
-    parts.append(_field(_DR_TYPE_URL, type_url.encode()))
-    parts.append(_field(_DR_NONCE, nonce.encode()))
-    return b"".join(parts)
+    return encode_discovery_response_body(version_info, type_url, nonce, encode_resources(anys))
+
+
+def encode_resources(anys: Iterable[bytes]) -> bytes:
+    """``DiscoveryResponse.resources`` fields for pre-encoded ``Any`` bytes.
+
+    Fields may come in any order on the wire, so a server can encode a full
+    set once and reuse it in every stream's response (each with its own nonce).
+    """
+    return b"".join(_DR_RESOURCES + varint(len(a)) + a for a in anys)
+
+
+def encode_discovery_response_body(
+    version_info: str, type_url: str, nonce: str, resources: bytes
+) -> bytes:
+    """A ``DiscoveryResponse`` around already encoded ``resources`` fields."""
+    return b"".join(
+        (
+            _field(_DR_VERSION, version_info.encode()),
+            resources,
+            _field(_DR_TYPE_URL, type_url.encode()),
+            _field(_DR_NONCE, nonce.encode()),
+        )
+    )
 
 
 def encode_resource(name: str, version: str, any_bytes: bytes) -> bytes:

@@ -288,6 +288,33 @@ async def test_a_changed_cluster_is_followed_by_its_endpoints_even_if_unchanged(
     assert names(r2) == ["a"]  # warming: a's unchanged endpoints, not b's
 
 
+async def test_wildcard_streams_get_the_full_set_after_each_change(harness: Harness) -> None:
+    w = World(harness, base())
+    streams = [harness.sotw(f"gw-{i}") for i in range(2)]
+    for s in streams:
+        await s.send(CLUSTER)
+        await s.ack(await s.recv())
+        await s.send(ENDPOINT, ["a", "b"])
+        await s.ack(await s.recv(), ["a", "b"])
+    w.set(resources(cluster("b", connect_timeout_s=9), base=w.resources))
+    for s in streams:
+        cds = await s.recv()
+        assert names(cds) == ["a", "b"]  # the full set, b's new content among it
+        assert cds.resources[1].value == w.snap.entries(CLUSTER)["b"].message.SerializeToString(
+            deterministic=True
+        )
+        await s.ack(cds)
+        eds = await s.recv()
+        assert names(eds) == ["b"]  # only the changed cluster's endpoints (warming)
+        await s.ack(eds, ["a", "b"])
+    w.set(without(w.resources, CLUSTER, "a"))
+    for s in streams:
+        cds = await s.recv()
+        assert names(cds) == ["b"]  # absence is deletion
+        await s.ack(cds)
+        await s.nothing()
+
+
 async def test_types_are_pushed_secrets_clusters_endpoints_listeners_routes(
     harness: Harness,
 ) -> None:
