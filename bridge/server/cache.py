@@ -68,8 +68,9 @@ class Entry:
 
     name: str
     version: str  # first 16 hex of SHA-256 of the deterministic serialization
-    message: Message  # the source object: ``is``-identical ⇒ reuse this entry
-    any_bytes: bytes  # google.protobuf.Any{type_url, value}, wire-encoded
+    # repr=False: a Secret message's text form would print its private key.
+    message: Message = field(repr=False)  # ``is``-identical ⇒ reuse this entry
+    any_bytes: bytes = field(repr=False)  # google.protobuf.Any{type_url, value}, wire-encoded
     refs: tuple[Ref, ...]  # resources this one needs (consistency check, warming)
     mix: int  # contribution to the type version (hash of name and version)
 
@@ -146,13 +147,13 @@ class TypeSnapshot:
     """The entries of one type, with the type's version."""
 
     type_url: str
-    entries: Mapping[str, Entry]  # never mutated once the snapshot exists
-    source: Mapping[str, Message]  # the Resources mapping it was made from
+    entries: Mapping[str, Entry] = field(repr=False)  # never mutated once the snapshot exists
+    source: Mapping[str, Message] = field(repr=False)  # the Resources mapping it was made from
     mix: int
     # ``source``'s names and messages in its order: the next build finds the
     # changed messages with C-speed identity comparisons instead of a Python loop.
-    names: tuple[str, ...] = ()
-    messages: tuple[Message, ...] = ()
+    names: tuple[str, ...] = field(default=(), repr=False)
+    messages: tuple[Message, ...] = field(default=(), repr=False)
 
     @property
     def version(self) -> str:

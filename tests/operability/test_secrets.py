@@ -153,11 +153,6 @@ def _assert_logs_clean(records: list[logging.LogRecord], planted: Planted) -> No
             assert_clean(f"log record {r.name}: {r.msg!r}", line, planted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge.server.cache: repr(Snapshot)/repr(Entry) print the Secret protobuf, "
-    "private key included (the server module must mark those fields repr=False)",
-)
 async def test_repr_of_the_snapshot_hides_keys(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as env:
         snap = env.app.publisher.snapshot
