@@ -12,16 +12,30 @@ Supported: v1 Service, Namespace, Pod, ConfigMap, Secret, Node and
 discovery.k8s.io/v1 EndpointSlice.
 
 It sits on the hot path of the Kubernetes adapter (100k endpoints on a
-relist), so it never deep-copies and never re-validates what it already
-built. It does no I/O and keeps no state.
+relist), so the common kinds (EndpointSlice, Pod, Service) first go through a
+fast path: straight-line code over plain ``dict``/``list``/``str`` values
+with exact type checks, no per-field helper calls and no field paths built.
+Anything it does not recognise as well-typed (a wrong type, a missing field,
+a YAML tuple or a non-dict mapping) makes it give up, and the careful path
+converts the object again, field by field, and raises the precise error. So
+both paths accept exactly the same input and build equal values
+(``tests/resolve/test_convert.py`` checks this on random mutations).
+
+Strings that repeat across objects (namespaces, label keys and values, node
+and zone names, port names and protocols, Pod and Service names, which
+EndpointSlices and label values repeat) are interned on the fast path, so a
+100k-Pod world holds each once. It does no I/O and keeps no state of its own
+(``sys.intern``'s table drops a string when nothing else holds it).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.errors import SourceError
 from bridge.model.frozen import EMPTY, FrozenDict
@@ -41,6 +55,8 @@ from bridge.model.k8s import (
 from bridge.model.secrets import SecretBytes
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+T = TypeVar("T")
 
 
 class InvalidObject(SourceError):
@@ -87,11 +103,29 @@ def parse_object(d: Mapping[str, Any], where: str) -> K8sObject:
     ``where`` says where it came from (a file path, ``watch /api/v1/pods``) and
     prefixes every error message.
     """
+    if type(d) is dict:
+        api_version = d.get("apiVersion")
+        kind = d.get("kind")
+        if type(api_version) is str and type(kind) is str:
+            fast = _FAST.get((api_version, kind))
+            if fast is not None:
+                obj = fast(d)
+                if obj is not None:
+                    return obj
+    return _parse_checked(d, where)
+
+
+def _parse_checked(d: Mapping[str, Any], where: str) -> K8sObject:
+    """The careful path: every field checked with its path; the only one that raises."""
     if not isinstance(d, Mapping):
         raise InvalidObject(where, "", "", f"expected a mapping (an object), got {_tname(d)}")
     api_version = d.get("apiVersion")
     kind = d.get("kind")
-    parse = _PARSERS.get((api_version, kind)) if isinstance(api_version, str) else None
+    parse = (
+        _PARSERS.get((api_version, kind))
+        if isinstance(api_version, str) and isinstance(kind, str)
+        else None
+    )
     if parse is None:
         shown = f"{api_version!s} {kind!s}" if api_version or kind else "no apiVersion/kind"
         raise UnsupportedKind(
@@ -487,4 +521,371 @@ _PARSERS: dict[tuple[Any, Any], Callable[[_Ctx], K8sObject]] = {
     ("v1", "Secret"): _secret,
     ("v1", "Node"): _node,
     ("discovery.k8s.io/v1", "EndpointSlice"): _endpoint_slice,
+}
+
+
+# -- fast paths -----------------------------------------------------------------
+#
+# Each returns the converted object, or None to hand the object to the careful
+# path (which then raises, or converts an unusual but valid shape). Every
+# check mirrors the careful path's rule for the same field; a check that is
+# not met is never an error here.
+
+_intern = sys.intern
+
+
+def positional_maker(cls: type[T]) -> Callable[..., T]:
+    """A constructor for frozen slotted dataclass ``cls`` taking every field, in order.
+
+    The same object ``cls(...)`` builds, at about half the cost: a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``,
+    this stores through the slots' own descriptors. Only for classes without
+    ``__post_init__`` (asserted), so nothing ``__init__`` would do is skipped.
+    """
+    assert dataclasses.is_dataclass(cls) and not hasattr(cls, "__post_init__"), cls
+    names = [f.name for f in dataclasses.fields(cls)]
+    env: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    for i, n in enumerate(names):
+        env[f"set{i}"] = getattr(cls, n).__set__
+    args = ", ".join(f"a{i}" for i in range(len(names)))
+    body = "".join(f"    set{i}(o, a{i})\n" for i in range(len(names)))
+    exec(f"def make({args}):\n    o = new(cls)\n{body}    return o\n", env)
+    maker: Callable[..., T] = env["make"]
+    return maker
+
+
+_slice_endpoint_of = positional_maker(SliceEndpoint)
+_endpoint_port_of = positional_maker(EndpointPort)
+_service_port_of = positional_maker(ServicePort)
+_endpoint_slice_of = positional_maker(K8sEndpointSlice)
+_pod_of = positional_maker(K8sPod)
+_service_of = positional_maker(K8sService)
+
+
+def _fast_str_map(v: Any, intern_values: bool) -> FrozenDict[str, str] | None:
+    if v is None:
+        return EMPTY
+    if type(v) is not dict:
+        return None
+    if not v:
+        return EMPTY
+    out: dict[str, str] = {}
+    for k, x in v.items():
+        if type(k) is not str or type(x) is not str:
+            return None
+        out[_intern(k)] = _intern(x) if intern_values else x
+    return FrozenDict.adopt(out)
+
+
+def _fast_meta(d: dict[str, Any]) -> tuple[dict[str, Any], str, str] | None:
+    """(metadata, namespace, name) of a namespaced object, or None."""
+    meta = d.get("metadata")
+    if type(meta) is not dict:
+        return None
+    name = meta.get("name")
+    if type(name) is not str or not name:
+        return None
+    ns = meta.get("namespace")
+    if ns is None or ns == "":
+        ns = "default"
+    elif type(ns) is not str:
+        return None
+    return meta, _intern(ns), _intern(name)
+
+
+def _fast_opt_str(v: Any) -> bool:
+    """Whether ``v`` is what the careful path's ``_str`` accepts."""
+    return v is None or type(v) is str
+
+
+def _fast_endpoint_slice(d: dict[str, Any]) -> K8sEndpointSlice | None:
+    m = _fast_meta(d)
+    if m is None:
+        return None
+    meta, ns, name = m
+    labels = _fast_str_map(meta.get("labels"), True)
+    if labels is None:
+        return None
+    address_type = d.get("addressType")
+    if type(address_type) is not str or not address_type:
+        return None
+    ports: list[EndpointPort] = []
+    raw_ports = d.get("ports")
+    if raw_ports is not None:
+        if type(raw_ports) is not list:
+            return None
+        for p in raw_ports:
+            if type(p) is not dict:
+                return None
+            number = p.get("port")
+            if number is None:
+                continue  # "all ports": left out, as on the careful path
+            pname = p.get("name")
+            proto = p.get("protocol")
+            app = p.get("appProtocol")
+            if (
+                type(number) is not int
+                or not _fast_opt_str(pname)
+                or not _fast_opt_str(proto)
+                or not _fast_opt_str(app)
+            ):
+                return None
+            ports.append(
+                _endpoint_port_of(
+                    number, _intern(pname) if pname else "", _intern(proto) if proto else "TCP", app
+                )
+            )
+    endpoints: list[SliceEndpoint] = []
+    raw_endpoints = d.get("endpoints")
+    if raw_endpoints is not None:
+        if type(raw_endpoints) is not list:
+            return None
+        for e in raw_endpoints:
+            if type(e) is not dict:
+                return None
+            addresses = e.get("addresses")
+            if type(addresses) is not list or not addresses:
+                return None
+            for a in addresses:
+                if type(a) is not str:
+                    return None
+            cond = e.get("conditions")
+            if cond is None:
+                ready = serving = terminating = None
+            elif type(cond) is dict:
+                ready = cond.get("ready")
+                serving = cond.get("serving")
+                terminating = cond.get("terminating")
+                if (
+                    (ready is not None and type(ready) is not bool)
+                    or (serving is not None and type(serving) is not bool)
+                    or (terminating is not None and type(terminating) is not bool)
+                ):
+                    return None
+            else:
+                return None
+            terminating = terminating is True
+            if ready is None:
+                ready = not terminating
+            if serving is None:
+                serving = ready
+            target_pod = None
+            ref = e.get("targetRef")
+            if ref is not None:
+                if type(ref) is not dict:
+                    return None
+                if ref.get("kind") == "Pod":
+                    tp = ref.get("name")
+                    if tp is not None and type(tp) is not str:
+                        return None
+                    target_pod = _intern(tp) if tp else None
+            node = e.get("nodeName")
+            zone = e.get("zone")
+            hostname = e.get("hostname")
+            # _fast_opt_str inlined: this loop runs once per endpoint.
+            if not (
+                (node is None or type(node) is str)
+                and (zone is None or type(zone) is str)
+                and (hostname is None or type(hostname) is str)
+            ):
+                return None
+            endpoints.append(
+                _slice_endpoint_of(
+                    tuple(addresses),
+                    ready,
+                    serving,
+                    terminating,
+                    target_pod,
+                    _intern(node) if node else node,
+                    _intern(zone) if zone else zone,
+                    hostname,
+                )
+            )
+    return _endpoint_slice_of(
+        ns,
+        name,
+        labels.get(SERVICE_NAME_LABEL, ""),
+        _intern(address_type),
+        tuple(ports),
+        tuple(endpoints),
+        labels,
+    )
+
+
+def _fast_pod(d: dict[str, Any]) -> K8sPod | None:
+    m = _fast_meta(d)
+    if m is None:
+        return None
+    meta, ns, name = m
+    spec = d.get("spec")
+    if spec is None:
+        spec = EMPTY_DICT
+    elif type(spec) is not dict:
+        return None
+    status = d.get("status")
+    if status is None:
+        status = EMPTY_DICT
+    elif type(status) is not dict:
+        return None
+    ips: list[str] = []
+    raw_ips = status.get("podIPs")
+    if raw_ips is not None:
+        if type(raw_ips) is not list:
+            return None
+        for item in raw_ips:
+            if type(item) is not dict:
+                return None
+            ip = item.get("ip")
+            if not _fast_opt_str(ip):
+                return None
+            if ip:
+                ips.append(ip)
+    if not ips:
+        ip = status.get("podIP")
+        if not _fast_opt_str(ip):
+            return None
+        if ip:
+            ips.append(ip)
+    sa = spec.get("serviceAccountName")
+    if not _fast_opt_str(sa):
+        return None
+    if not sa:
+        sa = spec.get("serviceAccount")
+        if not _fast_opt_str(sa):
+            return None
+    node = spec.get("nodeName")
+    if not _fast_opt_str(node):
+        return None
+    labels = _fast_str_map(meta.get("labels"), True)
+    annotations = _fast_str_map(meta.get("annotations"), False)
+    if labels is None or annotations is None:
+        return None
+    return _pod_of(
+        ns,
+        name,
+        labels,
+        annotations,
+        _intern(sa) if sa else "default",
+        tuple(ips),
+        _intern(node) if node else node,
+    )
+
+
+def _fast_service(d: dict[str, Any]) -> K8sService | None:
+    m = _fast_meta(d)
+    if m is None:
+        return None
+    meta, ns, name = m
+    spec = d.get("spec")
+    if spec is None:
+        spec = EMPTY_DICT
+    elif type(spec) is not dict:
+        return None
+    ports: list[ServicePort] = []
+    raw_ports = spec.get("ports")
+    if raw_ports is not None:
+        if type(raw_ports) is not list:
+            return None
+        for p in raw_ports:
+            if type(p) is not dict:
+                return None
+            number = p.get("port")
+            target = p.get("targetPort")
+            node_port = p.get("nodePort")
+            pname = p.get("name")
+            proto = p.get("protocol")
+            app = p.get("appProtocol")
+            if (
+                type(number) is not int
+                or not (
+                    target is None or type(target) is int or (type(target) is str and target != "")
+                )
+                or not (node_port is None or type(node_port) is int)
+                or not _fast_opt_str(pname)
+                or not _fast_opt_str(proto)
+                or not _fast_opt_str(app)
+            ):
+                return None
+            ports.append(
+                _service_port_of(
+                    number,
+                    _intern(pname) if pname else "",
+                    _intern(proto) if proto else "TCP",
+                    target,
+                    node_port,
+                    app,
+                )
+            )
+    ingress: list[str] = []
+    status = d.get("status")
+    if status is not None:
+        if type(status) is not dict:
+            return None
+        lb = status.get("loadBalancer")
+        if lb is not None:
+            if type(lb) is not dict:
+                return None
+            raw_ingress = lb.get("ingress")
+            if raw_ingress is not None:
+                if type(raw_ingress) is not list:
+                    return None
+                for item in raw_ingress:
+                    if type(item) is not dict:
+                        return None
+                    addr = item.get("ip")
+                    if not _fast_opt_str(addr):
+                        return None
+                    if not addr:
+                        addr = item.get("hostname")
+                        if not _fast_opt_str(addr):
+                            return None
+                    if addr:
+                        ingress.append(addr)
+    svc_type = spec.get("type")
+    cluster_ip = spec.get("clusterIP")
+    external_name = spec.get("externalName")
+    uid = meta.get("uid")
+    if not (
+        _fast_opt_str(svc_type)
+        and _fast_opt_str(cluster_ip)
+        and _fast_opt_str(external_name)
+        and _fast_opt_str(uid)
+    ):
+        return None
+    external_ips = spec.get("externalIPs")
+    if external_ips is None:
+        external_ips = ()
+    elif type(external_ips) is list:
+        for ip in external_ips:
+            if type(ip) is not str:
+                return None
+    else:
+        return None
+    annotations = _fast_str_map(meta.get("annotations"), False)
+    labels = _fast_str_map(meta.get("labels"), True)
+    selector = _fast_str_map(spec.get("selector"), True)
+    if annotations is None or labels is None or selector is None:
+        return None
+    return _service_of(
+        ns,
+        name,
+        tuple(ports),
+        annotations,
+        labels,
+        _intern(svc_type) if svc_type else "ClusterIP",
+        cluster_ip,
+        selector,
+        external_name,
+        tuple(external_ips),
+        tuple(ingress),
+        uid or "",
+    )
+
+
+EMPTY_DICT: dict[str, Any] = {}  # read only: stands for a missing spec/status
+
+_FAST: dict[tuple[str, str], Callable[[dict[str, Any]], K8sObject | None]] = {
+    ("discovery.k8s.io/v1", "EndpointSlice"): _fast_endpoint_slice,
+    ("v1", "Pod"): _fast_pod,
+    ("v1", "Service"): _fast_service,
 }

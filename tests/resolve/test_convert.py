@@ -433,3 +433,154 @@ def test_unsupported_kinds_are_refused_with_the_list_of_supported_ones(d: dict[s
 def test_not_a_mapping() -> None:
     with pytest.raises(InvalidObject, match="expected a mapping"):
         parse_object(["a"], "x.yaml")  # type: ignore[arg-type]
+
+
+# -- the fast path and the careful path agree ---------------------------------------
+
+_FULL_SLICE: dict[str, Any] = {
+    "apiVersion": "discovery.k8s.io/v1",
+    "kind": "EndpointSlice",
+    "metadata": {
+        "name": "web-abc",
+        "namespace": "shop",
+        "labels": {"kubernetes.io/service-name": "web", "x": "y"},
+    },
+    "addressType": "IPv4",
+    "ports": [
+        {"name": "http", "port": 8080, "protocol": "TCP", "appProtocol": "http"},
+        {"port": 9090},
+        {"name": "all"},
+    ],
+    "endpoints": [
+        {
+            "addresses": ["10.0.0.1", "10.0.0.2"],
+            "conditions": {"ready": True, "serving": True, "terminating": False},
+            "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-1"},
+            "nodeName": "n1",
+            "zone": "z1",
+            "hostname": "h1",
+        },
+        {"addresses": ["10.0.0.3"], "conditions": {"terminating": True}},
+        {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Node", "name": "n2"}},
+    ],
+}
+_FULL_POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {
+        "name": "web-1",
+        "namespace": "shop",
+        "labels": {"app": "web"},
+        "annotations": {"linkerd.io/inject": "enabled"},
+    },
+    "spec": {"serviceAccountName": "web-sa", "serviceAccount": "old", "nodeName": "n1"},
+    "status": {"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]},
+}
+_FULL_SERVICE: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {
+        "name": "web",
+        "namespace": "shop",
+        "uid": "u-1",
+        "labels": {"app": "web"},
+        "annotations": {"meshbridge.io/prefix": "/web"},
+    },
+    "spec": {
+        "type": "LoadBalancer",
+        "clusterIP": "172.20.0.1",
+        "selector": {"app": "web"},
+        "externalName": "web.example.com",
+        "externalIPs": ["198.51.100.1"],
+        "ports": [
+            {
+                "name": "http",
+                "port": 80,
+                "targetPort": "http",
+                "nodePort": 30080,
+                "protocol": "TCP",
+                "appProtocol": "http",
+            },
+            {"port": 81, "targetPort": 8081},
+        ],
+    },
+    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}, {"hostname": "lb.example"}]}},
+}
+_ODD: list[Any] = [None, "", "x", 0, 7, True, False, 1.5, [], ["a"], [1], {}, {"a": "b"}, ("t",)]
+
+
+def _paths(v: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path] if path else []
+    if isinstance(v, dict):
+        for k, x in v.items():
+            out += _paths(x, (*path, k))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            out += _paths(x, (*path, i))
+    return out
+
+
+def _mutated(base: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    cur: Any = out
+    for k in path[:-1]:
+        cur = cur[k]
+    if value is _DELETE:
+        if isinstance(cur, list):
+            cur.pop(path[-1])
+        else:
+            del cur[path[-1]]
+    else:
+        cur[path[-1]] = copy.deepcopy(value)
+    return out
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        pytest.param(_FULL_SLICE, id="EndpointSlice"),
+        pytest.param(_FULL_POD, id="Pod"),
+        pytest.param(_FULL_SERVICE, id="Service"),
+    ],
+)
+def test_fast_path_builds_what_the_careful_path_builds_and_never_more(
+    base: dict[str, Any],
+) -> None:
+    from bridge.sources.convert import _FAST, _parse_checked
+
+    fast = _FAST[(base["apiVersion"], base["kind"])]
+    assert fast(copy.deepcopy(base)) is not None, "the well-typed shape takes the fast path"
+    taken = refused = 0
+    # Every field of the object, deleted or set to each odd value in turn
+    # (apiVersion and kind choose the path, parse_object checks them first).
+    for path in _paths(base):
+        if path in {("apiVersion",), ("kind",)}:
+            continue
+        for value in [_DELETE, *_ODD]:
+            d = _mutated(base, path, value)
+            got = fast(d)
+            try:
+                want = _parse_checked(d, "x.yaml")
+            except InvalidObject:
+                assert got is None, f"fast path took what the careful one refuses: {path}={value!r}"
+                refused += 1
+                continue
+            if got is not None:
+                assert type(got) is type(want) and got == want, f"{path}={value!r}"
+                assert repr(got) == repr(want)
+                taken += 1
+    assert taken > 50 and refused > 50, (taken, refused)
+
+
+def test_fast_path_interns_repeated_strings() -> None:
+    import json
+
+    a = parse_object(json.loads(json.dumps(_FULL_SLICE)), "x")
+    b = parse_object(json.loads(json.dumps(_FULL_SLICE)), "x")
+    pod = parse_object(json.loads(json.dumps(_FULL_POD)), "x")
+    assert isinstance(a, K8sEndpointSlice) and isinstance(b, K8sEndpointSlice)
+    assert isinstance(pod, K8sPod)
+    assert a.namespace is b.namespace and a.service_name is b.service_name
+    assert a.endpoints[0].node_name is b.endpoints[0].node_name
+    # A slice's target Pod name is the Pod's own name object.
+    assert a.endpoints[0].target_pod is pod.name
