@@ -19,10 +19,9 @@ What istio-agent does for a workload, done for the gateway (DESIGN.md §5):
   failure is retried with backoff while the current certificate keeps being
   served (:class:`CaIdentityProvider`).
 
-Roots are re-read every ``roots_poll_s``. A changed bundle is published at
-once (a new root is added before the old one goes, so peers under either
-root keep verifying); if the current leaf no longer chains to it, or there
-is no leaf yet, a renewal starts at once instead of waiting its turn.
+Watching the roots (a changed bundle published at once, an immediate
+renewal when the leaf no longer chains to it) and keeping the token-refused
+diagnostic are :class:`bridge.identity.roots.RootsWatchingCaProvider`'s.
 
 A token istiod refuses (``UNAUTHENTICATED``/``PERMISSION_DENIED``) is a
 diagnostic naming the audience and the service account, right away — it
@@ -31,11 +30,8 @@ will not heal by retrying. Tokens and keys are never logged.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc import aio as grpc_aio
@@ -43,16 +39,13 @@ from grpc import aio as grpc_aio
 from adapters.istio import proto as istioca
 from bridge.errors import IdentityError, IdentityUnavailable
 from bridge.identity import pki
-from bridge.identity.provider import CaIdentityProvider, IdentityMaterial
+from bridge.identity.provider import IdentityMaterial
+from bridge.identity.roots import RootsWatchingCaProvider, TrustRoots
 from bridge.identity.rotation import ISTIO_POLICY, Clock, RenewalPolicy
 from bridge.identity.tokens import ISTIO_CA_AUDIENCE, ServiceAccount, TokenSource, token_subject
-from bridge.model.diagnostics import Diagnostic, Severity
 from bridge.model.ir import Mesh
-from bridge.model.k8s import K8sConfigMap, Kind, ObjectRef
 from bridge.model.secrets import SecretBytes
 from bridge.store import Store
-
-log = logging.getLogger(__name__)
 
 ROOT_CONFIG_MAP = "istio-ca-root-cert"
 ROOT_KEY = "root-cert.pem"
@@ -86,51 +79,21 @@ class IstioCaSettings:
     roots_poll_s: float = 1.0
 
 
-class IstioRoots:
-    """Where istiod's roots come from: the ConfigMap held in the store, or a file."""
+class IstioRoots(TrustRoots):
+    """istiod's roots: ConfigMap ``istio-ca-root-cert`` key ``root-cert.pem`` (or a file).
 
-    def __init__(self, *, store: Store | None = None, namespace: str = "", path: str = "") -> None:
-        if (store is None) == (not path):
-            raise ValueError("give either a store and namespace, or a path")
-        self._store = store
-        self.namespace = namespace
-        self.path = path
+    istiod copies the ConfigMap into every namespace; the gateway reads its own.
+    """
 
-    @classmethod
-    def config_map(cls, store: Store, namespace: str) -> IstioRoots:
-        """``istio-ca-root-cert`` in ``namespace`` (istiod copies it into every namespace)."""
-        return cls(store=store, namespace=namespace)
-
-    @classmethod
-    def file(cls, path: str | Path) -> IstioRoots:
-        return cls(path=str(path))
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"file {self.path}"
-        return f"ConfigMap {self.namespace}/{ROOT_CONFIG_MAP} key {ROOT_KEY}"
-
-    def read(self) -> str:
-        """The PEM bundle; :class:`IdentityError` naming the source when absent or unreadable."""
-        if self.path:
-            try:
-                text = Path(self.path).read_text()
-            except OSError as exc:
-                raise IdentityError(f"cannot read Istio roots {self}: {exc.strerror}") from exc
-        else:
-            assert self._store is not None
-            cm = self._store.get(ObjectRef(Kind.CONFIG_MAP, self.namespace, ROOT_CONFIG_MAP))
-            if not isinstance(cm, K8sConfigMap):
-                raise IdentityError(f"no Istio roots yet: {self} not found")
-            text = cm.data.get(ROOT_KEY, "")
-            if not text.strip():
-                raise IdentityError(f"no Istio roots yet: {self} is missing or empty")
-        pki.load_pem_chain(text, f"Istio roots ({self})")
-        return text
+    CONFIG_MAP = ROOT_CONFIG_MAP
+    KEY = ROOT_KEY
+    WHAT = "Istio roots"
 
 
-class IstioCaProvider(CaIdentityProvider):
+class IstioCaProvider(RootsWatchingCaProvider):
     """The gateway's Istio certificate from istiod's CA, kept current in the store."""
+
+    roots: IstioRoots
 
     def __init__(
         self,
@@ -143,67 +106,19 @@ class IstioCaProvider(CaIdentityProvider):
         clock: Clock | None = None,
         rand: random.Random | None = None,
     ) -> None:
-        super().__init__(Mesh.ISTIO, store, policy=policy, clock=clock, rand=rand)
+        super().__init__(
+            Mesh.ISTIO,
+            store,
+            roots,
+            trust_domain=settings.trust_domain,
+            roots_poll_s=settings.roots_poll_s,
+            policy=policy,
+            clock=clock,
+            rand=rand,
+        )
         self.tokens = tokens
-        self.roots = roots
         self.settings = settings
         self.requests = 0  # CreateCertificate calls made (for /debug and tests)
-        self._renew_now = asyncio.Event()
-        self._rotator_diags: tuple[Diagnostic, ...] = ()
-        self._rejected: Diagnostic | None = None
-        self._roots_error = ""
-
-    # -- the loop ------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Renew on schedule, and at once when the roots no longer cover the leaf."""
-        watch = asyncio.create_task(self._watch_roots(), name="istio-roots")
-        try:
-            while True:
-                self._renew_now.clear()
-                rotate = asyncio.create_task(self.rotator.run(), name="istio-ca-rotator")
-                wake = asyncio.create_task(self._renew_now.wait())
-                try:
-                    await asyncio.wait({rotate, wake}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for t in (rotate, wake):
-                        t.cancel()
-                    await asyncio.gather(rotate, wake, return_exceptions=True)
-                if not rotate.cancelled() and rotate.exception() is not None:
-                    raise IdentityError("Istio CA renewal loop stopped") from rotate.exception()
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
-
-    async def _watch_roots(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.roots_poll_s)
-            self.check_roots()
-
-    def check_roots(self) -> None:
-        """Publish a changed bundle; ask for a renewal if the leaf no longer chains to it."""
-        try:
-            bundle = self.roots.read()
-        except IdentityError as exc:
-            if str(exc) != self._roots_error:
-                self._roots_error = str(exc)
-                log.warning("Istio identity: %s", exc)
-            return
-        self._roots_error = ""
-        cur = self.current
-        if cur is None:
-            if self.rotator.failures:
-                self._renew_now.set()  # roots may be what was missing: retry now
-            return
-        if bundle == self.trust_pem:
-            return
-        log.info("Istio identity: roots changed in %s", self.roots)
-        self.publish_trust(bundle, self.settings.trust_domain)
-        try:
-            pki.validate_chain(cur.cert_chain_pem, bundle, self.clock.now())
-        except IdentityError as exc:
-            log.info("Istio identity: current certificate no longer chains (%s): renewing", exc)
-            self._renew_now.set()
 
     # -- one certificate -------------------------------------------------------
 
@@ -284,45 +199,19 @@ class IstioCaProvider(CaIdentityProvider):
             return IdentityUnavailable(f"{where} unreachable: {code.name}: {details}{hint}")
         return IdentityError(f"{where}: CreateCertificate failed: {code.name}: {details}")
 
-    # -- diagnostics -------------------------------------------------------------
-
     def _reject(self, account: ServiceAccount, why: str) -> None:
-        cur = self.current
-        until = (
-            f"; the current certificate stays in use until {cur.not_after.isoformat()}"
-            if cur is not None
-            else ""
-        )
-        self._rejected = Diagnostic(
-            ref=self.ref,
-            field="identity.token",
+        self.token_rejected(
             message=(
                 f"istiod rejected the service-account token of {account} "
-                f"(audience {ISTIO_CA_AUDIENCE}): {why}{until}"
+                f"(audience {ISTIO_CA_AUDIENCE}): {why}"
             ),
             fix=(
                 f"issue the token for service account {account} with audience "
                 f"{ISTIO_CA_AUDIENCE} (TokenRequest audiences, or the projected volume's "
                 "audience) and check that istiod trusts this cluster's token issuer"
             ),
-            severity=Severity.ERROR if cur is None else Severity.WARNING,
             code="istio.token_rejected",
         )
-        self._show_diagnostics()
-
-    def set_diagnostics(self, diags: tuple[Diagnostic, ...]) -> None:
-        self._rotator_diags = diags
-        self._show_diagnostics()
-
-    def publish(self, material: IdentityMaterial) -> None:
-        super().publish(material)
-        if self._rejected is not None:
-            self._rejected = None
-            self._show_diagnostics()
-
-    def _show_diagnostics(self) -> None:
-        extra = (self._rejected,) if self._rejected is not None else ()
-        super().set_diagnostics(self._rotator_diags + extra)
 
 
 def _pem_block(pem: str) -> str:

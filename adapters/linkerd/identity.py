@@ -29,21 +29,19 @@ it one pinned to TLS 1.3, with no ALPN offered and the trust anchors as the
 only roots; grpclib still handles framing, deadlines, trailers and
 ``grpc-status``.
 
-Anchors are re-read every ``roots_poll_s``: a changed bundle is published at
-once; when the leaf no longer chains to it (or there is none yet) a renewal
-starts at once. A token the service refuses (``FAILED_PRECONDITION``,
-``UNAUTHENTICATED``, ``PERMISSION_DENIED``) is a diagnostic naming the
-audience and the service account. Tokens and keys are never logged.
+Watching the anchors (a changed bundle published at once, an immediate
+renewal when the leaf no longer chains to it) and keeping the token-refused
+diagnostic are :class:`bridge.identity.roots.RootsWatchingCaProvider`'s; a
+token the service refuses (``FAILED_PRECONDITION``, ``UNAUTHENTICATED``,
+``PERMISSION_DENIED``) is reported there, naming the audience and the
+service account. Tokens and keys are never logged.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.config import Configuration
@@ -54,16 +52,13 @@ from adapters.linkerd import proto as identity_pb
 from bridge.config import parse_address
 from bridge.errors import IdentityError, IdentityUnavailable
 from bridge.identity import pki
-from bridge.identity.provider import CaIdentityProvider, IdentityMaterial
+from bridge.identity.provider import IdentityMaterial
+from bridge.identity.roots import RootsWatchingCaProvider, TrustRoots
 from bridge.identity.rotation import LINKERD_POLICY, Clock, RenewalPolicy
 from bridge.identity.tokens import LINKERD_AUDIENCE, ServiceAccount, TokenSource, token_subject
-from bridge.model.diagnostics import Diagnostic, Severity
 from bridge.model.ir import Mesh
-from bridge.model.k8s import K8sConfigMap, Kind, ObjectRef
 from bridge.model.secrets import SecretBytes
 from bridge.store import Store
-
-log = logging.getLogger(__name__)
 
 TRUST_ROOTS_CONFIG_MAP = "linkerd-identity-trust-roots"
 TRUST_ROOTS_KEY = "ca-bundle.crt"
@@ -112,50 +107,13 @@ class LinkerdIdentitySettings:
         return identity_name(account.name, account.namespace, self.namespace, self.trust_domain)
 
 
-class LinkerdRoots:
-    """Where the trust anchors come from: the ConfigMap held in the store, or a file."""
+class LinkerdRoots(TrustRoots):
+    """The trust anchors: ConfigMap ``linkerd-identity-trust-roots`` key ``ca-bundle.crt``
+    in Linkerd's namespace (or a file)."""
 
-    def __init__(self, *, store: Store | None = None, namespace: str = "", path: str = "") -> None:
-        if (store is None) == (not path):
-            raise ValueError("give either a store and namespace, or a path")
-        self._store = store
-        self.namespace = namespace
-        self.path = path
-
-    @classmethod
-    def config_map(cls, store: Store, namespace: str) -> LinkerdRoots:
-        """``linkerd-identity-trust-roots`` in Linkerd's namespace."""
-        return cls(store=store, namespace=namespace)
-
-    @classmethod
-    def file(cls, path: str | Path) -> LinkerdRoots:
-        return cls(path=str(path))
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"file {self.path}"
-        return f"ConfigMap {self.namespace}/{TRUST_ROOTS_CONFIG_MAP} key {TRUST_ROOTS_KEY}"
-
-    def read(self) -> str:
-        """The PEM bundle; :class:`IdentityError` naming the source when absent or unreadable."""
-        if self.path:
-            try:
-                text = Path(self.path).read_text()
-            except OSError as exc:
-                raise IdentityError(
-                    f"cannot read Linkerd trust anchors {self}: {exc.strerror}"
-                ) from exc
-        else:
-            assert self._store is not None
-            ref = ObjectRef(Kind.CONFIG_MAP, self.namespace, TRUST_ROOTS_CONFIG_MAP)
-            cm = self._store.get(ref)
-            if not isinstance(cm, K8sConfigMap):
-                raise IdentityError(f"no Linkerd trust anchors yet: {self} not found")
-            text = cm.data.get(TRUST_ROOTS_KEY, "")
-            if not text.strip():
-                raise IdentityError(f"no Linkerd trust anchors yet: {self} is missing or empty")
-        pki.load_pem_chain(text, f"Linkerd trust anchors ({self})")
-        return text
+    CONFIG_MAP = TRUST_ROOTS_CONFIG_MAP
+    KEY = TRUST_ROOTS_KEY
+    WHAT = "Linkerd trust anchors"
 
 
 def client_tls(anchors_pem: str) -> ssl.SSLContext:
@@ -168,8 +126,10 @@ def client_tls(anchors_pem: str) -> ssl.SSLContext:
     return ctx
 
 
-class LinkerdIdentityProvider(CaIdentityProvider):
+class LinkerdIdentityProvider(RootsWatchingCaProvider):
     """The gateway's Linkerd certificate from Linkerd identity, kept current in the store."""
+
+    roots: LinkerdRoots
 
     def __init__(
         self,
@@ -182,67 +142,19 @@ class LinkerdIdentityProvider(CaIdentityProvider):
         clock: Clock | None = None,
         rand: random.Random | None = None,
     ) -> None:
-        super().__init__(Mesh.LINKERD, store, policy=policy, clock=clock, rand=rand)
+        super().__init__(
+            Mesh.LINKERD,
+            store,
+            roots,
+            trust_domain=settings.trust_domain,
+            roots_poll_s=settings.roots_poll_s,
+            policy=policy,
+            clock=clock,
+            rand=rand,
+        )
         self.tokens = tokens
-        self.roots = roots
         self.settings = settings
         self.requests = 0  # Certify calls made (for /debug and tests)
-        self._renew_now = asyncio.Event()
-        self._rotator_diags: tuple[Diagnostic, ...] = ()
-        self._rejected: Diagnostic | None = None
-        self._roots_error = ""
-
-    # -- the loop ------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Renew on schedule, and at once when the anchors no longer cover the leaf."""
-        watch = asyncio.create_task(self._watch_roots(), name="linkerd-anchors")
-        try:
-            while True:
-                self._renew_now.clear()
-                rotate = asyncio.create_task(self.rotator.run(), name="linkerd-identity-rotator")
-                wake = asyncio.create_task(self._renew_now.wait())
-                try:
-                    await asyncio.wait({rotate, wake}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for t in (rotate, wake):
-                        t.cancel()
-                    await asyncio.gather(rotate, wake, return_exceptions=True)
-                if not rotate.cancelled() and rotate.exception() is not None:
-                    raise IdentityError("Linkerd renewal loop stopped") from rotate.exception()
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
-
-    async def _watch_roots(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.roots_poll_s)
-            self.check_roots()
-
-    def check_roots(self) -> None:
-        """Publish a changed bundle; ask for a renewal if the leaf no longer chains to it."""
-        try:
-            bundle = self.roots.read()
-        except IdentityError as exc:
-            if str(exc) != self._roots_error:
-                self._roots_error = str(exc)
-                log.warning("Linkerd identity: %s", exc)
-            return
-        self._roots_error = ""
-        cur = self.current
-        if cur is None:
-            if self.rotator.failures:
-                self._renew_now.set()  # the anchors may be what was missing: retry now
-            return
-        if bundle == self.trust_pem:
-            return
-        log.info("Linkerd identity: trust anchors changed in %s", self.roots)
-        self.publish_trust(bundle, self.settings.trust_domain)
-        try:
-            pki.validate_chain(cur.cert_chain_pem, bundle, self.clock.now())
-        except IdentityError as exc:
-            log.info("Linkerd identity: current certificate no longer chains (%s): renewing", exc)
-            self._renew_now.set()
 
     # -- one certificate -------------------------------------------------------
 
@@ -327,42 +239,16 @@ class LinkerdIdentityProvider(CaIdentityProvider):
             return IdentityUnavailable(f"{where} unavailable: {status.name}: {message}")
         return IdentityError(f"{where}: Certify failed: {status.name}: {message}")
 
-    # -- diagnostics -------------------------------------------------------------
-
     def _reject(self, account: ServiceAccount, why: str) -> None:
-        cur = self.current
-        until = (
-            f"; the current certificate stays in use until {cur.not_after.isoformat()}"
-            if cur is not None
-            else ""
-        )
-        self._rejected = Diagnostic(
-            ref=self.ref,
-            field="identity.token",
+        self.token_rejected(
             message=(
                 f"Linkerd identity refused the service-account token of {account} "
-                f"(audience {LINKERD_AUDIENCE}): {why}{until}"
+                f"(audience {LINKERD_AUDIENCE}): {why}"
             ),
             fix=(
                 f"issue the token for service account {account} with audience "
                 f"{LINKERD_AUDIENCE} (TokenRequest audiences, or the projected volume's "
                 "audience); the requested identity must be that account's"
             ),
-            severity=Severity.ERROR if cur is None else Severity.WARNING,
             code="linkerd.token_rejected",
         )
-        self._show_diagnostics()
-
-    def set_diagnostics(self, diags: tuple[Diagnostic, ...]) -> None:
-        self._rotator_diags = diags
-        self._show_diagnostics()
-
-    def publish(self, material: IdentityMaterial) -> None:
-        super().publish(material)
-        if self._rejected is not None:
-            self._rejected = None
-            self._show_diagnostics()
-
-    def _show_diagnostics(self) -> None:
-        extra = (self._rejected,) if self._rejected is not None else ()
-        super().set_diagnostics(self._rotator_diags + extra)
