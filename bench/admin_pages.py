@@ -2,9 +2,12 @@
 
 Builds N exposed Services (one EndpointSlice of M ready endpoints each)
 through a real Bridge's store and pipeline (no servers started), then times
-rendering ``/debug``, ``/debug/snapshot.json`` and ``/metrics``, and prints
-their sizes. They render on the event loop that also serves xDS, so this is
-how long a scrape or a page view holds it.
+rendering ``/debug`` (plain and with a ``?q=`` search), every form of
+``/debug/snapshot.json`` (the default names-only form, each ``?type=``, a
+``?name=`` search; rendered, then again from the per-snapshot cache) and
+``/metrics``, and prints their sizes. ``/debug`` and ``/metrics`` render on
+the event loop that also serves xDS, so that is how long a page view or a
+scrape holds it; snapshot.json renders in a worker thread.
 
 Run from the repository root:
 
@@ -89,13 +92,25 @@ def main() -> None:
     assert app.pipeline.build_once(), app.pipeline.last_error
     print(f"world: {args.services} Services x {args.endpoints_per} endpoints")
     print(f"first build: {(time.perf_counter() - t0) * 1000:.0f} ms")
-    for name, fn in (
+    last = f"svc{args.services - 1}"
+    pages: list[tuple[str, Callable[[], bytes]]] = [
         ("/debug", lambda: debug.page(app)),
-        ("/debug/snapshot.json", lambda: debug.snapshot_json(app)),
+        (f"/debug?q={last}", lambda: debug.page(app, query=last)),
         ("/metrics", app.metrics.render),
-    ):
+    ]
+    for name, fn in pages:
         ms, size = best(fn, args.repeat)
-        print(f"{name:22} {ms:9.1f} ms  {size / 1024:9.0f} KiB")
+        print(f"{name:42} {ms:9.1f} ms  {size / 1024:9.0f} KiB")
+    print("/debug/snapshot.json forms: rendered, then from the cache")
+    cache = debug.SnapshotJson()
+    queries = [debug.SnapshotQuery()]
+    queries += [debug.SnapshotQuery(type=t) for t in debug.TYPE_PARAMS]
+    queries += [debug.SnapshotQuery(name=f"/{last}/"), debug.SnapshotQuery(name="svc1234")]
+    for q in queries:
+        ms, size = best(lambda q=q: debug.snapshot_json(app, q), args.repeat)  # type: ignore[misc]
+        cache.render(app, q)
+        cached, _ = best(lambda q=q: cache.render(app, q), 3)  # type: ignore[misc]
+        print(f"{q.link():42} {ms:9.1f} ms  {size / 1024:9.0f} KiB  cached {cached:7.3f} ms")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 table of handlers; each handler returns a :class:`Response`. It serves
 ``/healthz`` (the process is up) and ``/readyz`` (every source synced and the
 first snapshot published) out of the box — see :func:`health_handlers` — and
-others register more pages (``/metrics``, ``/debug``) with :meth:`route`.
+others register more pages (``/metrics``, ``/debug``) with :meth:`route`, or
+with :meth:`route_request` for a page that reads its query string (given as a
+:class:`Request`, each parameter's last value, percent-decoded).
 
 It reads one request per connection (``Connection: close``): the admin port
 is for probes and people, not load. Request heads over 16 KiB or slower than
@@ -17,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from bridge.errors import MeshbridgeError
@@ -40,7 +43,22 @@ class Response:
         return cls(status, text.encode())
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a page is asked: its path and query parameters (last value of each)."""
+
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, target: str) -> Request:
+        path, _, query = target.partition("?")
+        params = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        return cls(urllib.parse.unquote(path), dict(params))
+
+
 Handler = Callable[[], Response | Awaitable[Response]]
+RequestHandler = Callable[[Request], Response | Awaitable[Response]]
 
 
 def health_handlers(ready: Callable[[], tuple[bool, str]]) -> dict[str, Handler]:
@@ -62,10 +80,15 @@ class AdminServer:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self._routes: dict[str, Handler] = {}
+        self._routes: dict[str, RequestHandler] = {}
         self._server: asyncio.Server | None = None
 
     def route(self, path: str, handler: Handler) -> None:
+        """Serve ``handler()`` at ``path`` (any query string is ignored)."""
+        self._routes[path] = lambda _request: handler()
+
+    def route_request(self, path: str, handler: RequestHandler) -> None:
+        """Serve ``handler(request)`` at ``path``: for pages that read the query."""
         self._routes[path] = handler
 
     async def start(self) -> None:
@@ -118,13 +141,14 @@ class AdminServer:
             return Response.text("bad request\n", 400), "GET"
         if method not in ("GET", "HEAD"):
             return Response.text("only GET and HEAD\n", 405), method
-        path = target.split("?", 1)[0]
+        request = Request.parse(target)
+        path = request.path
         handler = self._routes.get(path)
         if handler is None:
             known = "\n".join(sorted(self._routes))
             return Response.text(f"not found; pages:\n{known}\n", 404), method
         try:
-            result = handler()
+            result = handler(request)
             if not isinstance(result, Response):
                 result = await result
         except Exception:

@@ -24,7 +24,14 @@ accepting new streams while open ones keep being served — sources and the
 pipeline still run, so a change made during the drain still reaches them —
 for ``drain`` seconds, then cancels what is left; ``/readyz`` answers 503
 from the start of the drain. :func:`serve_until_signal` does this on
-SIGTERM or SIGINT and returns the exit code.
+SIGTERM or SIGINT and returns the exit code; a second SIGTERM or SIGINT
+during the drain (:meth:`Bridge.cut_drain`) closes the open streams at once
+and the stop finishes promptly, still a clean exit.
+
+``/debug`` takes ``?q=`` (a server-side Service search) and
+``/debug/snapshot.json`` takes ``?type=`` and ``?name=``; the JSON is rendered
+in a worker thread, one render at a time, and kept per snapshot and query
+(:class:`bridge.debug.SnapshotJson`).
 """
 
 from __future__ import annotations
@@ -35,10 +42,10 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge import debug
-from bridge.admin import AdminServer, Response, health_handlers
+from bridge.admin import AdminServer, Request, Response, health_handlers
 from bridge.config import Config, parse_address
 from bridge.errors import ConfigError
 from bridge.identity.provider import IdentityProvider, ProviderStatus
@@ -149,8 +156,13 @@ class Bridge:
             for path, handler in health_handlers(self.readiness).items():
                 self.admin.route(path, handler)
             self.admin.route("/metrics", self._metrics_page)
-            self.admin.route("/debug", lambda: Response(200, debug.page(self), debug.HTML))
-            self.admin.route("/debug/snapshot.json", self._snapshot_page)
+            self.admin.route_request("/debug", self._debug_page)
+            self.admin.route_request(debug.SNAPSHOT_PATH, self._snapshot_page)
+        self.snapshot_pages = debug.SnapshotJson()
+        # One snapshot.json render at a time: a second request for the same page
+        # waits and is answered from the cache instead of rendering it again.
+        self._snapshot_lock = asyncio.Lock()
+        self._cut = asyncio.Event()  # set by cut_drain(): end the drain now
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -207,10 +219,24 @@ class Bridge:
         if first:
             log.info("ready: every source synced and the first snapshot published")
 
-    async def _snapshot_page(self) -> Response:
-        # Seconds of json_format at 10k clusters (bench/admin_pages.py): off the loop
-        # that serves xDS. Snapshots and Worlds are immutable, so a thread may read them.
-        body = await asyncio.to_thread(debug.snapshot_json, self)
+    def _debug_page(self, request: Request) -> Response:
+        unknown = sorted(set(request.query) - {"q"})
+        if unknown:
+            return Response.text(
+                f"unknown parameter(s) {', '.join(unknown)}: /debug takes q=<search>\n", 400
+            )
+        return Response(200, debug.page(self, query=request.query.get("q", "")), debug.HTML)
+
+    async def _snapshot_page(self, request: Request) -> Response:
+        try:
+            query = debug.SnapshotQuery.parse(request.query)
+        except ValueError as exc:
+            return Response.text(f"{exc}\n", 400)
+        # A whole type at 10k clusters is seconds of json_format (bench/admin_pages.py):
+        # off the loop that serves xDS. Snapshots and Worlds are immutable, so a
+        # thread may read them.
+        async with self._snapshot_lock:
+            body = await asyncio.to_thread(self.snapshot_pages.render, self, query)
         return Response(200, body, debug.JSON)
 
     def _metrics_page(self) -> Response:
@@ -269,14 +295,42 @@ class Bridge:
                 len(self.ads.status()),
                 grace,
             )
+        if self._cut.is_set():
+            grace = 0
         # Sources and the pipeline keep running meanwhile: open streams still get updates.
-        await asyncio.gather(*(server.stop(grace) for server in self.xds_servers))
+        await self._drain(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self.admin is not None:
             await self.admin.stop()
+
+    def cut_drain(self) -> None:
+        """End a drain now (a second signal): open streams are closed at once."""
+        if not self._cut.is_set():
+            self._cut.set()
+            if self.draining:
+                log.info("second signal: cutting the drain short")
+
+    async def _drain(self, grace: float) -> None:
+        # grpc.aio servers hold their stop: stop(grace) refuses new streams at once,
+        # and a later stop() with a smaller grace ends the first one sooner (gRPC
+        # documents this). XdsServer.stop forgets its gRPC server as it begins, so
+        # keep hold of them here to shorten the drain on a second signal.
+        grpc_servers = [s._server for s in self.xds_servers if s._server is not None]
+        stops: asyncio.Future[Any] = asyncio.gather(
+            *(server.stop(grace) for server in self.xds_servers)
+        )
+        cut: asyncio.Future[Any] = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({stops, cut}, return_when=asyncio.FIRST_COMPLETED)
+            if not stops.done():
+                await asyncio.gather(*(g.stop(None) for g in grpc_servers))
+            await stops
+        finally:
+            cut.cancel()
+            await asyncio.gather(cut, return_exceptions=True)
 
 
 async def wait_ready(bridge: Bridge, timeout: float = 30.0) -> None:  # noqa: ASYNC109
@@ -303,9 +357,15 @@ async def serve_until_signal(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            app.cut_drain()  # a second signal: don't wait out the drain
+        stop.set()
+
     installed = []
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
         installed.append(sig)
     try:
         await app.start()

@@ -1,40 +1,52 @@
 """``/debug`` and ``/debug/snapshot.json``: what the running bridge is doing, at a glance.
 
-:func:`page` renders one self-contained HTML page (inline CSS and a few
-lines of inline script for the filter box; no external assets, so it works
-offline and behind a port-forward):
+:func:`page` renders one self-contained HTML page (inline CSS, no script, no
+external assets, so it works offline and behind a port-forward):
 
 - a summary: ready or not and why, problems counted, last build error;
 - each connected Envoy: per-type ACKed versions against the current
   snapshot's, NACK count and its last NACK;
 - each Service: routes, resolver, mesh and why, endpoints, TLS settings
-  (SNI, SANs verified, ALPN, TLS versions), the identity it presents and its
-  expiry, and its diagnostics — Services with problems first;
-- mesh identities, sources and their sync state, recent build timings and
-  the snapshot's types and versions.
+  (SNI, SANs verified, ALPN, TLS versions), the identity it presents and
+  the trust bundle it verifies with, each with its expiry, and its
+  diagnostics — Services with problems first. At most :data:`MAX_SERVICES`
+  are rendered; a search box (``/debug?q=words``, matched on the server
+  against every Service's name, routes, resolver and mesh) finds any other;
+- mesh identities and trust bundles with their expiries, sources and their
+  sync state, recent build timings and the snapshot's types and versions.
 
-:func:`snapshot_json` is the current snapshot as JSON (``json_format``):
-every resource with its version, secrets reduced to names, certificate
-summaries (subject, SANs, expiry, fingerprint) and a fingerprint of the
-private key — never key bytes. Any field named like key material
-(``private_key``, ``password``, ...) is replaced wherever it appears.
+``/debug/snapshot.json`` is the current snapshot as JSON (``json_format``).
+Asked with no parameters it is cheap at any size: per type the version, the
+count and the resource names, with links to the full forms. ``?type=clusters``
+(``listeners``, ``routes``, ``endpoints``, ``secrets``) and/or
+``?name=<substring>`` render the matching resources in full, each with its
+version. Secrets are reduced to names, certificate summaries (subject, SANs,
+expiry, fingerprint) and a fingerprint of the private key — never key bytes;
+any field named like key material (``private_key``, ``password``, ...) is
+replaced wherever it appears, in every form. :class:`SnapshotJson` keeps each
+rendered form while its snapshot is current.
 
 Every value interpolated into the page goes through :func:`html.escape`.
-This module only reads the bridge's state; it changes nothing and does no
-I/O of its own. :func:`snapshot_json` takes seconds at 10k clusters
-(``bench/admin_pages.py``), so the bridge runs it in a worker thread.
+This module only reads the bridge's state (and keeps its own cache of
+rendered JSON); it changes nothing and does no I/O of its own. A whole type
+in full takes seconds at 10k clusters (``bench/admin_pages.py``), so the
+bridge renders the JSON in a worker thread.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import datetime as dt
 import hashlib
 import html
 import json
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
@@ -58,6 +70,8 @@ from bridge.xds.resources import PUSH_ORDER
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
+    from bridge.model.world import World
+    from bridge.server.cache import Snapshot
 
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
@@ -178,20 +192,14 @@ th{font-size:12px;color:var(--mute);font-weight:600;background:#fafbfc}
 border-radius:8px;padding:10px 14px;margin:12px 0}
 .alert pre{white-space:pre-wrap;margin:6px 0 0;color:var(--ink)}
 .up{border-top:1px dashed var(--line);margin-top:6px;padding-top:6px}
-input#filter{padding:6px 10px;border:1px solid var(--line);border-radius:6px;width:320px}
+input#filter{padding:6px 10px;border:1px solid var(--line);border-radius:6px;width:380px}
+form.search{margin:8px 0 12px}
+form.search button{padding:6px 12px;border:1px solid var(--acc);border-radius:6px;
+background:var(--acc);color:#fff;cursor:pointer}
 a{color:var(--acc)}
 nav{margin-left:auto;display:flex;gap:14px}
 nav a{color:#c5cad3;text-decoration:none;font-size:13px}
 nav a:hover{color:#fff}
-"""
-
-_SCRIPT = """
-document.getElementById('filter').addEventListener('input', function (ev) {
-  var q = ev.target.value.toLowerCase();
-  document.querySelectorAll('.svc').forEach(function (card) {
-    card.style.display = card.textContent.toLowerCase().indexOf(q) >= 0 ? '' : 'none';
-  });
-});
 """
 
 
@@ -246,7 +254,52 @@ def _identity(
     return f"<code>{e(name)}</code> expires {_expiry(when, now)}"
 
 
-def _upstream(up: Upstream, secrets: Mapping[SecretName, Secret], now: dt.datetime) -> str:
+@dataclass(frozen=True, slots=True)
+class _Bundle:
+    """What the page shows of a trust bundle: how many roots, the first to expire."""
+
+    roots: int
+    not_after: dt.datetime | None  # the earliest expiry among its certificates
+    lifetime: float  # that certificate's lifetime in seconds
+
+
+def _bundles(*sources: Mapping[SecretName, Secret]) -> dict[SecretName, _Bundle]:
+    """Every trust bundle among ``sources``, parsed once per page."""
+    out: dict[SecretName, _Bundle] = {}
+    for secrets in sources:
+        for name, secret in secrets.items():
+            if not isinstance(secret, TrustSecret) or name in out:
+                continue
+            try:
+                infos = [pki.cert_info(c) for c in pki.load_pem_chain(secret.ca_bundle_pem)]
+            except (IdentityError, ValueError):
+                out[name] = _Bundle(0, None, 0)
+                continue
+            first = min(infos, key=lambda i: i.not_after)
+            out[name] = _Bundle(len(infos), first.not_after, first.lifetime.total_seconds())
+    return out
+
+
+def _trust(name: SecretName | None, bundles: Mapping[SecretName, _Bundle], now: dt.datetime) -> str:
+    if name is None:
+        return '<span class="muted">-</span>'
+    bundle = bundles.get(name)
+    if bundle is None:
+        return f'<code>{e(name)}</code> <span class="bad">not received yet</span>'
+    if not bundle.roots:
+        return f'<code>{e(name)}</code> <span class="bad">holds no readable certificate</span>'
+    roots = f' <span class="muted">({bundle.roots} roots)</span>' if bundle.roots > 1 else ""
+    return (
+        f"<code>{e(name)}</code> expires {_expiry(bundle.not_after, now, bundle.lifetime)}{roots}"
+    )
+
+
+def _upstream(
+    up: Upstream,
+    secrets: Mapping[SecretName, Secret],
+    bundles: Mapping[SecretName, _Bundle],
+    now: dt.datetime,
+) -> str:
     if up.discovery is Discovery.STRICT_DNS and up.dns is not None:
         eps = f"DNS <code>{e(up.dns.host)}:{e(up.dns.port)}</code>"
     else:
@@ -269,12 +322,17 @@ def _upstream(up: Upstream, secrets: Mapping[SecretName, Secret], now: dt.dateti
             ("ALPN", _list(tls.alpn)),
             ("TLS versions", e(f"{tls.min_version} to {tls.max_version}")),
             ("identity", _identity(tls.client_identity, secrets, now)),
-            ("trust bundle", _list([tls.trust_bundle] if tls.trust_bundle else [])),
+            ("trust bundle", _trust(tls.trust_bundle, bundles, now)),
         ]
     return '<div class="up">' + _kv(rows) + "</div>"
 
 
-def _service(res: ServiceResolution, secrets: Mapping[SecretName, Secret], now: dt.datetime) -> str:
+def _service(
+    res: ServiceResolution,
+    secrets: Mapping[SecretName, Secret],
+    bundles: Mapping[SecretName, _Bundle],
+    now: dt.datetime,
+) -> str:
     name = f"{res.ref.namespace}/{res.ref.name}"
     worst = _worst(res.diagnostics)
     errors = sum(d.severity is Severity.ERROR for d in res.diagnostics)
@@ -309,7 +367,7 @@ def _service(res: ServiceResolution, secrets: Mapping[SecretName, Secret], now: 
             ("mesh (why)", mesh),
         ]
     )
-    ups = "".join(_upstream(u, secrets, now) for u in res.upstreams)
+    ups = "".join(_upstream(u, secrets, bundles, now) for u in res.upstreams)
     anchor = f"svc-{res.ref.namespace}-{res.ref.name}"
     return (
         f'<section class="svc {e(cls)}" id="{e(anchor)}" data-service="{e(name)}">'
@@ -364,10 +422,11 @@ def _envoys(app: Bridge, now: float) -> str:
     )
 
 
-def _identities(app: Bridge, now: dt.datetime) -> str:
+def _identities(app: Bridge, bundles: Mapping[SecretName, _Bundle], now: dt.datetime) -> str:
     statuses = app.identities()
     secrets = app.pipeline.world.mesh_secrets if app.pipeline.world is not None else {}
     rows = []
+    trusts: set[SecretName] = set()
     for st in statuses:
         health = (
             '<span class="ok">healthy</span>'
@@ -376,24 +435,35 @@ def _identities(app: Bridge, now: dt.datetime) -> str:
         )
         renew = st.next_renewal.strftime("%Y-%m-%d %H:%M:%SZ") if st.next_renewal else "-"
         err = f'<span class="bad">{e(st.last_error)}</span>' if st.last_error else ""
+        trust = SecretName(f"trust/{st.mesh.value}")
+        trusts.add(trust)
         rows.append(
             f"<tr><td><b>{e(st.mesh.value)}</b><br><span class='muted'>{e(st.source)}</span></td>"
             f"<td><code>{e(st.identity or '-')}</code></td><td>{_expiry(st.not_after, now)}</td>"
-            f"<td>{e(renew)}</td><td>{health} {err}{_diag_items(st.diagnostics)}</td></tr>"
+            f"<td>{e(renew)}</td><td>{_trust(trust, bundles, now)}</td>"
+            f"<td>{health} {err}{_diag_items(st.diagnostics)}</td></tr>"
         )
     shown = {f"identity/{st.mesh.value}" for st in statuses}
     for name, secret in sorted(secrets.items()):
         if isinstance(secret, IdentitySecret) and name not in shown:
             when = _parse_time(secret.not_after) if secret.not_after else None
+            trust = SecretName("trust/" + name.split("/", 1)[-1])
+            trusts.add(trust)
             rows.append(
                 f"<tr><td><b>{e(name)}</b></td><td>-</td><td>{_expiry(when, now)}</td>"
-                "<td>-</td><td></td></tr>"
+                f"<td>-</td><td>{_trust(trust, bundles, now)}</td><td></td></tr>"
+            )
+    for name, secret in sorted(secrets.items()):
+        if isinstance(secret, TrustSecret) and name not in trusts:
+            rows.append(
+                f"<tr><td><b>{e(name)}</b></td><td>-</td><td>-</td><td>-</td>"
+                f"<td>{_trust(name, bundles, now)}</td><td></td></tr>"
             )
     if not rows:
         return '<p class="muted">No mesh identity is configured.</p>'
     return (
         "<table><tr><th>mesh</th><th>identity</th><th>expires</th><th>next renewal</th>"
-        "<th>status</th></tr>" + "".join(rows) + "</table>"
+        "<th>trust bundle</th><th>status</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -450,20 +520,58 @@ def _snapshot(app: Bridge) -> str:
     order = [t for t in PUSH_ORDER if t in snap.types] + sorted(set(snap.types) - set(PUSH_ORDER))
     rows = "".join(
         f"<tr><td>{e(type_name(t))}</td><td>{len(snap.entries(t))}</td>"
-        f"<td><code>{e(snap.version(t))}</code></td></tr>"
+        f"<td><code>{e(snap.version(t))}</code></td>"
+        f"<td><a href='{e(SnapshotQuery(type=type_name(t) + 's').link())}'>as JSON</a></td></tr>"
         for t in order
+        if type_name(t) + "s" in TYPE_PARAMS
     )
     return (
-        "<table><tr><th>type</th><th>resources</th><th>version</th></tr>"
+        "<table><tr><th>type</th><th>resources</th><th>version</th><th>every resource</th></tr>"
         + rows
-        + '</table><p><a href="/debug/snapshot.json">snapshot.json</a> '
-        '<span class="muted">(every resource; secrets as names, certificate summaries and '
-        "fingerprints only)</span></p>"
+        + f"</table><p><a href='{SNAPSHOT_PATH}'>snapshot.json</a> "
+        '<span class="muted">(versions and names; add <code>?type=</code> or '
+        "<code>?name=&lt;substring&gt;</code> for resources in full; secrets as names, "
+        "certificate summaries and fingerprints only)</span></p>"
     )
 
 
-def page(app: Bridge, now: float | None = None) -> bytes:
-    """The ``/debug`` page, UTF-8 encoded."""
+def _haystack(res: ServiceResolution) -> str:
+    """The text a search matches against: name, routes, resolver and mesh."""
+    parts = [f"{res.ref.namespace}/{res.ref.name}"]
+    parts += [f"{r.host}{r.prefix}" for r in res.routes]
+    if res.resolver is not None:
+        parts.append(res.resolver.value)
+    if res.mesh is not None:
+        parts.append(f"mesh {res.mesh.value}")
+    return " ".join(parts).lower()
+
+
+def matches(res: ServiceResolution, query: str) -> bool:
+    """Whether every word of ``query`` is in the Service's name, routes, resolver or mesh."""
+    hay = _haystack(res)
+    return all(word in hay for word in query.lower().split())
+
+
+def _search(query: str, shown: int, matched: int, total: int) -> str:
+    box = (
+        "<form class='search' method='get' action='/debug#services' role='search'>"
+        f"<input id='filter' name='q' type='search' value='{e(query)}' "
+        "placeholder='search every Service: name, namespace/, /prefix, mesh…' "
+        "aria-label='search Services'> <button type='submit'>search</button>"
+    )
+    if query:
+        box += " <a href='/debug#services'>clear</a>"
+        note = f"{matched} of {total} Services match <code>{e(query)}</code>"
+    else:
+        note = f"{total} Services"
+    if shown < matched:
+        note += f"; showing the first {shown}, problems first — narrow the search to see the rest"
+    return box + f" <span class='muted' id='search-note'>{note}</span></form>"
+
+
+def page(app: Bridge, now: float | None = None, query: str = "") -> bytes:
+    """The ``/debug`` page, UTF-8 encoded; ``query`` searches the Services (every one)."""
+    query = query.strip()
     now_s = time.time() if now is None else now
     now_dt = dt.datetime.fromtimestamp(now_s, dt.UTC)
     ready, why = app.readiness()
@@ -481,8 +589,12 @@ def page(app: Bridge, now: float | None = None) -> bytes:
     # Problems first, then the rest in name order.
     rank = {"error": 0, "warning": 1, "": 2}
     services.sort(key=lambda r: rank[_worst(r.diagnostics)])
-    secrets: Mapping[SecretName, Secret] = resolved.ir.secrets if resolved is not None else {}
+    total = len(services)
     in_services = {d for r in services for d in r.diagnostics}
+    if query:
+        services = [r for r in services if matches(r, query)]
+    secrets: Mapping[SecretName, Secret] = resolved.ir.secrets if resolved is not None else {}
+    bundles = _bundles(secrets, world.mesh_secrets if world is not None else {})
     other = sorted(
         d for d in app.diagnostics() if d not in in_services and d.ref.kind is not Kind.SERVICE
     )
@@ -511,7 +623,7 @@ def page(app: Bridge, now: float | None = None) -> bytes:
         "<a href='/metrics'>metrics</a></nav></header><main>",
     ]
     out.append("<div class='cards'>")
-    out.append(_stat(len(services), "Services shown"))
+    out.append(_stat(total, "Services exposed or with problems"))
     out.append(_stat(n_err, "errors", "bad" if n_err else ""))
     out.append(_stat(n_warn, "warnings", "warn" if n_warn else ""))
     out.append(_stat(len({s.node_id for s in streams}), "Envoys connected"))
@@ -528,34 +640,35 @@ def page(app: Bridge, now: float | None = None) -> bytes:
     out.append("<h2 id='envoys'>Envoys</h2>")
     out.append(_envoys(app, now_s))
     out.append("<h2 id='services'>Services</h2>")
-    out.append(
-        "<p><input id='filter' type='search' placeholder='filter Services…' "
-        "aria-label='filter Services'></p>"
-    )
-    if not services:
+    shown = services[:MAX_SERVICES]
+    out.append(_search(query, len(shown), len(services), total))
+    if not total:
         out.append(
             "<p class='muted'>No exposed Service yet: annotate one with "
             "<code>meshbridge.io/prefix</code>.</p>"
         )
-    for res in services[:MAX_SERVICES]:
-        out.append(_service(res, secrets, now_dt))
+    elif not services:
+        out.append(f"<p class='muted'>No Service matches <code>{e(query)}</code>.</p>")
+    for res in shown:
+        out.append(_service(res, secrets, bundles, now_dt))
     if len(services) > MAX_SERVICES:
         out.append(
-            f"<p class='muted'>{len(services) - MAX_SERVICES} more Services without problems "
-            "are not shown; <code>meshbridge resolve</code> lists every one.</p>"
+            f"<p class='muted'>{len(services) - MAX_SERVICES} more matching Services are not "
+            "shown: search above to find any one (<code>meshbridge resolve</code> lists every "
+            "one too).</p>"
         )
     if other:
         out.append("<h2 id='problems'>Other problems</h2>")
         out.append(_diag_items(other, with_ref=True))
     out.append("<h2 id='identities'>Mesh identities</h2>")
-    out.append(_identities(app, now_dt))
+    out.append(_identities(app, bundles, now_dt))
     out.append("<h2 id='sources'>Sources</h2>")
     out.append(_sources(app))
     out.append("<h2 id='builds'>Builds</h2>")
     out.append(_builds(app))
     out.append("<h2 id='snapshot'>Snapshot</h2>")
     out.append(_snapshot(app))
-    out.append(f"</main><script>{_SCRIPT}</script></body></html>")
+    out.append("</main></body></html>")
     return "".join(out).encode()
 
 
@@ -655,28 +768,141 @@ def _secret_sources(secrets: Mapping[SecretName, Secret]) -> Iterator[dict[str, 
             yield {"name": name, "kind": "trust bundle", "trust_domain": secret.trust_domain}
 
 
-def snapshot_json(app: Bridge) -> bytes:
-    """``/debug/snapshot.json``: the current snapshot, key material redacted."""
-    # Read each reference once: this may run in a worker thread while the loop
-    # publishes (the objects themselves are immutable).
-    snap = app.publisher.snapshot
-    world = app.pipeline.world
+# The ``type`` values ``/debug/snapshot.json`` takes: ``clusters`` -> the Cluster type URL, ...
+TYPE_PARAMS: Mapping[str, str] = {type_name(t) + "s": t for t in PUSH_ORDER}
+SNAPSHOT_PATH = "/debug/snapshot.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotQuery:
+    """What ``/debug/snapshot.json`` is asked for: a type, a name substring, or neither."""
+
+    type: str = ""  # a key of TYPE_PARAMS; "" = every type
+    name: str = ""  # resources whose name contains this; "" = any
+
+    @property
+    def filtered(self) -> bool:
+        """Whether resources are rendered in full (else versions and names only)."""
+        return bool(self.type or self.name)
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> SnapshotQuery:
+        """From query parameters; :class:`ValueError` says what is wrong and what works."""
+        unknown = sorted(set(query) - {"type", "name"})
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)}: "
+                f"{SNAPSHOT_PATH} takes type=<{'|'.join(TYPE_PARAMS)}> and name=<substring>"
+            )
+        kind = query.get("type", "").strip().lower()
+        if kind and kind not in TYPE_PARAMS and kind + "s" in TYPE_PARAMS:
+            kind += "s"  # the singular works too
+        if kind and kind not in TYPE_PARAMS:
+            raise ValueError(f"type={kind!r} is not one of {', '.join(TYPE_PARAMS)}")
+        return cls(kind, query.get("name", ""))
+
+    def link(self) -> str:
+        params = {k: v for k, v in (("type", self.type), ("name", self.name)) if v}
+        return SNAPSHOT_PATH + ("?" + urllib.parse.urlencode(params, safe="/") if params else "")
+
+
+def _snapshot_doc(
+    snap: Snapshot | None, world: World | None, published: int, query: SnapshotQuery
+) -> dict[str, Any]:
+    mesh_secrets = list(_secret_sources(world.mesh_secrets)) if world is not None else []
     doc: dict[str, Any] = {
         "world_version": world.version if world is not None else None,
-        "snapshots_published": app.pipeline.published,
-        "versions": {},
-        "resources": {},
-        "mesh_secrets": list(_secret_sources(world.mesh_secrets)) if world is not None else [],
+        "snapshots_published": published,
     }
+    if query.filtered:
+        doc["query"] = {"type": query.type or None, "name": query.name or None}
+    doc["versions"] = {}
+    doc["counts"] = {}
+    types: list[str] = []
     if snap is not None:
-        order = [t for t in PUSH_ORDER if t in snap.types] + sorted(
+        types = [t for t in PUSH_ORDER if t in snap.types] + sorted(
             set(snap.types) - set(PUSH_ORDER)
         )
-        for type_url in order:
-            short = type_name(type_url)
-            doc["versions"][short] = snap.version(type_url)
-            doc["resources"][short] = [
-                {"name": entry.name, "version": entry.version, "resource": _resource(entry.message)}
-                for _, entry in sorted(snap.entries(type_url).items())
-            ]
-    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
+    for type_url in types:
+        doc["versions"][type_name(type_url)] = snap.version(type_url) if snap else ""
+        doc["counts"][type_name(type_url)] = len(snap.entries(type_url)) if snap else 0
+    if not query.filtered:
+        # The cheap form: at 10k Services every resource in full is ~28 MiB and
+        # seconds of json_format, so it is asked for by type or name instead.
+        doc["names"] = {type_name(t): sorted(snap.entries(t)) if snap else [] for t in types}
+        doc["links"] = {
+            **{p: SnapshotQuery(type=p).link() for p in TYPE_PARAMS},
+            "by_name": SNAPSHOT_PATH + "?name=<substring>",
+            "by_type_and_name": SNAPSHOT_PATH + "?type=clusters&name=<substring>",
+        }
+        doc["mesh_secrets"] = mesh_secrets
+        return doc
+    wanted = [TYPE_PARAMS[query.type]] if query.type else types
+    doc["resources"] = {}
+    for type_url in wanted:
+        entries = snap.entries(type_url) if snap is not None else {}
+        doc["resources"][type_name(type_url)] = [
+            {"name": entry.name, "version": entry.version, "resource": _resource(entry.message)}
+            for name, entry in sorted(entries.items())
+            if query.name in name
+        ]
+    if query.type in ("", "secrets"):
+        doc["mesh_secrets"] = [s for s in mesh_secrets if query.name in s["name"]]
+    return doc
+
+
+class SnapshotJson:
+    """``/debug/snapshot.json``, rendered once per snapshot and query.
+
+    The rendered bytes are kept while the snapshot (and World) they show is
+    current: at most ``max_pages`` queries and ``max_bytes`` in all, the
+    least recently asked dropped first. Safe to call from worker threads.
+    """
+
+    def __init__(self, max_pages: int = 16, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_pages = max_pages
+        self.max_bytes = max_bytes
+        self.renders = 0  # how many times a page was rendered rather than reused
+        self._lock = threading.Lock()
+        self._state: tuple[int | None, int | None, int] | None = None
+        self._pages: collections.OrderedDict[SnapshotQuery, bytes] = collections.OrderedDict()
+
+    def render(self, app: Bridge, query: SnapshotQuery = SnapshotQuery()) -> bytes:
+        # Read each reference once: this may run in a worker thread while the loop
+        # publishes (the objects themselves are immutable).
+        snap = app.publisher.snapshot
+        world = app.pipeline.world
+        published = app.pipeline.published
+        state = (
+            snap.serial if snap is not None else None,
+            world.version if world is not None else None,
+            published,
+        )
+        with self._lock:
+            if state != self._state:
+                self._pages.clear()
+                self._state = state
+            body = self._pages.get(query)
+            if body is not None:
+                self._pages.move_to_end(query)
+                return body
+        doc = _snapshot_doc(snap, world, published, query)
+        body = (json.dumps(doc, indent=1) + "\n").encode()
+        with self._lock:
+            self.renders += 1
+            if self._state == state and len(body) <= self.max_bytes:
+                self._pages[query] = body
+                while (
+                    len(self._pages) > self.max_pages
+                    or sum(map(len, self._pages.values())) > self.max_bytes
+                ):
+                    self._pages.popitem(last=False)
+        return body
+
+
+def snapshot_json(app: Bridge, query: SnapshotQuery = SnapshotQuery()) -> bytes:
+    """``/debug/snapshot.json`` rendered now (no cache), key material redacted."""
+    snap = app.publisher.snapshot
+    world = app.pipeline.world
+    doc = _snapshot_doc(snap, world, app.pipeline.published, query)
+    return (json.dumps(doc, indent=1) + "\n").encode()

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge.metrics import type_name
+from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from tests.operability.support import SERVICES, running_bridge
 from tests.server.client import SotwStream
+from tests.support.wait import async_wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -145,22 +148,31 @@ async def test_values_are_escaped(tmp_path: Path) -> None:
         path.write_text(path.read_text().replace("timeout: soon", f"timeout: '{evil}'"))
         await _wait_for_page(env, "&lt;script&gt;alert(1)&lt;/script&gt;")
         _, _, body = await env.get("/debug")
+        # The search words are echoed back into the page: escaped too.
+        status, _, searched = await env.get("/debug?q=%3Cscript%3Ealert(2)%3C/script%3E")
     assert evil.encode() not in body
-    assert body.count(b"<script>") == 1  # the page's own filter script, nothing else
+    assert b"<script" not in body  # the page has no script of its own
+    assert status == 200 and b"<script" not in searched
+    assert b"&lt;script&gt;alert(2)&lt;/script&gt;" in searched
 
 
 async def test_snapshot_json_lists_resources_and_versions(tmp_path: Path) -> None:
     async with running_bridge(tmp_path) as env:
-        status, ctype, body = await env.get("/debug/snapshot.json")
+        status, ctype, body = await env.get("/debug/snapshot.json?type=clusters")
+        _, _, secrets_body = await env.get("/debug/snapshot.json?type=secrets")
         snap = env.app.publisher.snapshot
     assert status == 200 and ctype.startswith("application/json")
     doc = json.loads(body)
     assert snap is not None
-    assert doc["versions"]["cluster"] == snap.version(
-        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-    )
+    assert doc["versions"]["cluster"] == snap.version(CLUSTER)
+    assert list(doc["resources"]) == ["cluster"]
     clusters = {c["name"]: c for c in doc["resources"]["cluster"]}
+    assert set(clusters) == set(snap.entries(CLUSTER))
     assert "shop/web/http" in clusters
+    web = clusters["shop/web/http"]
+    assert web["version"] == snap.entries(CLUSTER)["shop/web/http"].version
+    assert web["resource"]["name"] == "shop/web/http"
+    doc = json.loads(secrets_body)
     secrets = {s["name"]: s["resource"] for s in doc["resources"]["secret"]}
     ident = secrets["identity/istio"]["tlsCertificate"]
     assert ident["privateKey"]["redacted"] is True and len(ident["privateKey"]["sha256"]) == 12
@@ -176,9 +188,82 @@ async def test_snapshot_json_lists_resources_and_versions(tmp_path: Path) -> Non
     }
 
 
+async def test_snapshot_json_default_is_versions_and_names_with_links(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as env:
+        status, _, body = await env.get("/debug/snapshot.json")
+        snap = env.app.publisher.snapshot
+        assert snap is not None
+        doc = json.loads(body)
+        # Each link in the default form works and gives that type in full.
+        for param, link in doc["links"].items():
+            if "<" in link:
+                continue
+            got = json.loads((await env.get(link))[2])
+            assert got["query"] == {"type": param, "name": None}, link
+    assert status == 200
+    assert "resources" not in doc, "the default form must stay cheap: names only"
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET):
+        short = type_name(type_url)
+        assert doc["versions"][short] == snap.version(type_url)
+        assert doc["names"][short] == sorted(snap.entries(type_url))
+        assert doc["counts"][short] == len(snap.entries(type_url))
+    assert doc["links"]["clusters"] == "/debug/snapshot.json?type=clusters"
+    assert set(doc["links"]) >= {"clusters", "endpoints", "listeners", "routes", "secrets"}
+    assert {s["name"] for s in doc["mesh_secrets"]} >= {"identity/consul", "trust/consul"}
+
+
+async def test_snapshot_json_filters_by_type_and_name(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as env:
+        by_name = json.loads((await env.get("/debug/snapshot.json?name=bookstore/"))[2])
+        both = json.loads((await env.get("/debug/snapshot.json?type=endpoint&name=shop/"))[2])
+        secrets = json.loads((await env.get("/debug/snapshot.json?type=secrets&name=istio"))[2])
+        bad_type = await env.get("/debug/snapshot.json?type=clusterz")
+        bad_param = await env.get("/debug/snapshot.json?typ=clusters")
+    # A name search looks through every type.
+    assert by_name["query"] == {"type": None, "name": "bookstore/"}
+    names = {t: [r["name"] for r in rs] for t, rs in by_name["resources"].items()}
+    assert names["cluster"] == ["bookstore/reviews/http"]
+    assert names["endpoint"] == ["bookstore/reviews/http"]
+    assert names["listener"] == [] and names["secret"] == []
+    assert by_name["mesh_secrets"] == []
+    # Type and name together; the singular type name works too.
+    assert both["query"] == {"type": "endpoints", "name": "shop/"}
+    assert list(both["resources"]) == ["endpoint"]
+    assert [r["name"] for r in both["resources"]["endpoint"]] == ["shop/web/http"]
+    assert [r["name"] for r in secrets["resources"]["secret"]] == [
+        "identity/istio",
+        "trust/istio",
+    ]
+    assert [s["name"] for s in secrets["mesh_secrets"]] == ["identity/istio", "trust/istio"]
+    # Bad input: 400, saying what is wrong and what works.
+    assert bad_type[0] == 400 and b"type='clusterz' is not one of" in bad_type[2]
+    assert b"secrets, clusters, endpoints, listeners, routes" in bad_type[2]
+    assert bad_param[0] == 400 and b"unknown parameter(s) typ" in bad_param[2]
+    assert b"type=<" in bad_param[2] and b"name=<substring>" in bad_param[2]
+
+
+async def test_snapshot_json_is_rendered_once_per_snapshot_and_query(tmp_path: Path) -> None:
+    async with running_bridge(tmp_path) as env:
+        pages = env.app.snapshot_pages
+        first = await env.get("/debug/snapshot.json?type=endpoints")
+        renders = pages.renders
+        again = await env.get("/debug/snapshot.json?type=endpoints")
+        assert again == first and pages.renders == renders, "the same page was rendered again"
+        await env.get("/debug/snapshot.json?type=clusters")
+        assert pages.renders == renders + 1, "another query is another page"
+        # A new snapshot: the page is rendered anew and shows the change.
+        published = env.app.pipeline.published
+        (env.world / "web-slice.yaml").write_text(
+            (env.world / "web-slice.yaml").read_text().replace("8080", "8081")
+        )
+        await async_wait_for(lambda: env.app.pipeline.published > published, timeout=10)
+        after = await env.get("/debug/snapshot.json?type=endpoints")
+    assert pages.renders == renders + 2
+    assert after != first and b"8081" in after[2] and b"8081" not in first[2]
+
+
 async def _wait_for_page(env: object, needle: str) -> None:
     from tests.operability.support import Running
-    from tests.support.wait import async_wait_for
 
     assert isinstance(env, Running)
 
@@ -191,8 +276,6 @@ async def _wait_for_page(env: object, needle: str) -> None:
 async def _nacking_client(target: str) -> tuple[object, SotwStream]:
     import grpc
     from envoy.service.discovery.v3 import ads_pb2_grpc as ads_grpc
-
-    from bridge.xds.resources import CLUSTER
 
     channel = grpc.aio.insecure_channel(target)
     stream = SotwStream(ads_grpc.AggregatedDiscoveryServiceStub(channel), "op-gateway")

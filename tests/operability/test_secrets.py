@@ -29,6 +29,23 @@ from bridge.pipeline import ResolveFn, default_resolve
 from bridge.xds.resources import SECRET
 from tests.operability.support import Planted, Running, leaks, running_bridge
 
+# Every form of the admin pages, the query forms of /debug/snapshot.json included.
+SECRET_FORMS = (
+    "/debug/snapshot.json?type=secrets",
+    "/debug/snapshot.json?type=secret&name=identity",
+    "/debug/snapshot.json?name=istio",
+    "/debug/snapshot.json?name=/",
+)
+PAGES = (
+    "/debug",
+    "/debug?q=istio",
+    "/debug/snapshot.json",
+    "/debug/snapshot.json?type=clusters",
+    "/debug/snapshot.json?type=listeners",
+    *SECRET_FORMS,
+    "/metrics",
+)
+
 
 def failing_resolve(flag: dict[str, bool]) -> Callable[[Config], ResolveFn]:
     """The real resolver, except that it fails while ``flag["fail"]`` — with a
@@ -106,12 +123,15 @@ async def test_planted_keys_and_tokens_leave_no_trace(
         assert error is not None and "PrivateKey([redacted])" in error.message
         assert "SecretBytes([redacted])" in error.message  # the Consul token, hidden
 
-        pages = {
-            path: await env.get(path) for path in ("/debug", "/debug/snapshot.json", "/metrics")
-        }
+        pages = {path: await env.get(path) for path in PAGES}
         for path, (status, _, body) in pages.items():
             assert status == 200, path
             assert_clean(path, body, planted)
+        # The JSON forms that render secrets in full do hold them, redacted.
+        for path in SECRET_FORMS:
+            body = pages[path][2]
+            assert b'"identity/istio"' in body and b'"redacted": true' in body, path
+            assert b"BEGIN CERTIFICATE" not in body, path  # certificates as summaries
         assert b"cannot resolve with secrets" in pages["/debug"][2]  # the error is shown
 
         assert_clean("the failed build's message", error.message, planted)
