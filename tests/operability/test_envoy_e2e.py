@@ -13,7 +13,8 @@ the (0.5, 1] bucket rather than near an edge.
 
 SIGTERM: the bridge refuses new xDS streams at once and says so on
 ``/readyz``, keeps serving the open stream (a change made during the drain
-still reaches Envoy), and exits 0 when the drain ends.
+still reaches Envoy), and exits 0 when the drain ends. A second SIGTERM or
+SIGINT during the drain ends it at once, still with exit status 0.
 """
 
 from __future__ import annotations
@@ -255,3 +256,22 @@ def test_sigterm_drains_open_streams_then_exits_zero(env: Env) -> None:
     assert any(m.startswith("draining: refusing new xDS streams") for m in messages), messages
     assert messages[-1] == "stopped"
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_cuts_the_drain_short_and_exits_zero(
+    env: Env, second: signal.Signals
+) -> None:
+    env.bridge.send_signal(signal.SIGTERM)
+    # The drain has begun, with Envoy's stream open.
+    wait_for(lambda: http_get(env.admin_port, "/readyz")[0] == 503, what="/readyz to say draining")
+    assert env.bridge.poll() is None
+    cut = time.monotonic()
+    env.bridge.send_signal(second)
+    assert env.bridge.wait(timeout=DRAIN_S + 10) == 0, env.log()
+    took = time.monotonic() - cut
+    print(f"second signal to exit: {took * 1000:.0f} ms (drain {DRAIN_S:.0f} s)")
+    assert took < DRAIN_S / 2, f"the drain was waited out ({took:.1f} s): {env.log()}"
+    messages = [json.loads(line)["message"] for line in env.log_path.read_text().splitlines()]
+    assert "second signal: cutting the drain short" in messages, messages
+    assert messages[-1] == "stopped"
