@@ -27,7 +27,9 @@ selects none. grpclib speaks HTTP/2 (the ``h2`` package) over whatever
 ``SSLContext`` it is given and does not require ALPN, so this module gives
 it one pinned to TLS 1.3, with no ALPN offered and the trust anchors as the
 only roots; grpclib still handles framing, deadlines, trailers and
-``grpc-status``.
+``grpc-status``. Each call gets its own connection, which is waited on
+until it is closed (``_OneCallChannel``): a one-shot ``meshbridge resolve``
+must not end its event loop with the TLS socket still open.
 
 Watching the anchors (a changed bundle published at once, an immediate
 renewal when the leaf no longer chains to it) and keeping the token-refused
@@ -39,14 +41,17 @@ service account. Tokens and keys are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 from dataclasses import dataclass
+from typing import Any, cast
 
-from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.client import Channel, Handler, UnaryUnaryMethod
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 
 from adapters.linkerd import proto as identity_pb
 from bridge.config import parse_address
@@ -126,6 +131,57 @@ def client_tls(anchors_pem: str) -> ssl.SSLContext:
     return ctx
 
 
+class _ClosingProtocol(H2Protocol):
+    """grpclib's connection protocol, telling when its TLS connection is really gone."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.lost.set()
+
+
+class _OneCallChannel(Channel):
+    """A grpclib channel for one call that :meth:`shut` closes completely.
+
+    ``Channel.close`` only starts TLS's closing exchange and returns; the
+    socket is released once the peer answers. A one-shot process
+    (``meshbridge resolve``) may end its event loop before that and leave
+    the socket open, so :meth:`shut` waits for the connection to be lost,
+    and aborts it when the peer does not answer within ``grace_s``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._protocols: list[_ClosingProtocol] = []
+
+    def _protocol_factory(self) -> H2Protocol:
+        # grpclib's own factory, with the protocol that reports its end.
+        protocol = _ClosingProtocol(Handler(), self._config, self._h2_config)
+        self._protocols.append(protocol)
+        return protocol
+
+    async def shut(self, grace_s: float = 1.0) -> None:
+        self.close()
+        for protocol in self._protocols:
+            if protocol.transport is None or protocol.lost.is_set():
+                continue
+            try:
+                await asyncio.wait_for(protocol.lost.wait(), grace_s)
+            except TimeoutError:
+                protocol.transport.abort()
+            except asyncio.CancelledError:
+                protocol.transport.abort()
+                raise
+
+
 class LinkerdIdentityProvider(RootsWatchingCaProvider):
     """The gateway's Linkerd certificate from Linkerd identity, kept current in the store."""
 
@@ -200,7 +256,7 @@ class LinkerdIdentityProvider(RootsWatchingCaProvider):
         s = self.settings
         host, port = s.target
         where = f"Linkerd identity at {host}:{port}"
-        channel = Channel(
+        channel = _OneCallChannel(
             host,
             port,
             ssl=client_tls(anchors),
@@ -224,7 +280,7 @@ class LinkerdIdentityProvider(RootsWatchingCaProvider):
         except (OSError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
             raise IdentityUnavailable(f"{where} unreachable: {type(exc).__name__}: {exc}") from None
         finally:
-            channel.close()
+            await channel.shut()
         return identity_pb.read_response(reply)
 
     def _rpc_error(self, where: str, exc: GRPCError, account: ServiceAccount) -> IdentityError:
