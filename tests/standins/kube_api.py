@@ -923,6 +923,12 @@ class KubeApiServer:
             "user": {
                 "username": claims["sub"],
                 "uid": claims["kubernetes.io"]["serviceaccount"]["uid"],
+                # As the API server answers for a service-account token (istiod checks the first).
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{claims['kubernetes.io']['namespace']}",
+                    "system:authenticated",
+                ],
             },
         }
         return out
