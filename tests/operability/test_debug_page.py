@@ -2,7 +2,8 @@
 
 Chromium (Debian's package; ``.ci/run`` installs it) loads the page from the
 running bridge, dumps the DOM after rendering and takes a screenshot, saved
-as ``tests/artifacts/debug.png`` for people to look at. The test is skipped,
+as ``tests/artifacts/debug.png`` for people to look at; then the same for a
+search (``/debug?q=reviews``, ``tests/artifacts/debug-search.png``). The test is skipped,
 saying why, only where chromium is not installed.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import html.parser
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -103,6 +105,16 @@ async def test_debug_page_in_a_real_browser(tmp_path: Path) -> None:
             took = await asyncio.to_thread(
                 chromium, tmp_path / "profile", url, f"--screenshot={shot}"
             )
+            # The search: the server filters, the browser renders what matches.
+            search_url = env.admin + "/debug?q=reviews"
+            found = await asyncio.to_thread(
+                chromium, tmp_path / "profile", search_url, "--dump-dom"
+            )
+            search_shot = ARTIFACTS / "debug-search.png"
+            search_shot.unlink(missing_ok=True)
+            took_search = await asyncio.to_thread(
+                chromium, tmp_path / "profile", search_url, f"--screenshot={search_shot}"
+            )
         finally:
             await stream.close()
             await channel.close()
@@ -125,6 +137,8 @@ async def test_debug_page_in_a_real_browser(tmp_path: Path) -> None:
     assert "outbound_.9080_._.reviews.bookstore.svc.cluster.local" in reviews
     assert "URI:spiffe://cluster.local/ns/bookstore/sa/bookstore-reviews" in reviews
     assert "istio-http/1.1" in reviews and "identity/istio expires" in reviews
+    # The trust bundle it verifies with, and when that expires.
+    assert re.search(r"trust bundletrust/istio expires \d{4}-\d\d-\d\d [\d:]+Z \(in ", reviews)
     voting = parser.sections["emojivoto/voting"]
     assert "DNS:voting.emojivoto.serviceaccount.identity.linkerd.cluster.local" in voting
     assert "identity/consul expires" in parser.sections["payments/payments"]
@@ -135,10 +149,21 @@ async def test_debug_page_in_a_real_browser(tmp_path: Path) -> None:
     # Problems sort first.
     assert text.index('data-service="shop/legacy"') < text.index('data-service="shop/web"')
 
+    # The identities table shows each mesh's trust bundle expiry next to the identity's.
+    assert "trust/linkerd</code> expires" in text and "trust/consul</code> expires" in text
+
     assert took.returncode == 0, took.stderr.decode()[-2000:]
     data = shot.read_bytes()
     assert png_size(data) == (1280, 1600)
     assert len(data) > 50_000, "the screenshot is nearly empty"
+
+    assert found.returncode == 0, found.stderr.decode()[-2000:]
+    searched = _Sections()
+    searched.feed(found.stdout.decode())
+    assert set(searched.sections) == {"bookstore/reviews"}, sorted(searched.sections)
+    assert "1 of 5 Services match" in found.stdout.decode()
+    assert took_search.returncode == 0, took_search.stderr.decode()[-2000:]
+    assert png_size(search_shot.read_bytes()) == (1280, 1600)
 
 
 async def test_values_are_escaped(tmp_path: Path) -> None:
