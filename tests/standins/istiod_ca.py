@@ -8,10 +8,14 @@ istio-agent (``security/pkg/server/ca/server.go``):
   workloads, so a client must override the TLS target name and verify
   against ``istio-ca-root-cert``; it follows a root switch (the certificate
   is re-read on each handshake);
-- authentication: metadata ``authorization: Bearer <JWT>`` reviewed like a
-  TokenRequest token (signature, expiry, audience ``istio-ca``) and
-  ``clusterid`` naming the cluster the token is from; anything wrong is
-  ``UNAUTHENTICATED: request authenticate failure``, as istiod answers;
+- authentication: metadata ``authorization: Bearer <JWT>`` reviewed for
+  audience ``istio-ca`` by a :class:`tests.standins.sa_tokens.TokenReviewer`:
+  :class:`~tests.standins.sa_tokens.FakeTokenRequest` (signature, expiry,
+  audience) or, as istiod does it in a cluster,
+  :class:`~tests.standins.sa_tokens.ApiServerTokenReview` (a TokenReview to
+  the API server stand-in); and ``clusterid`` naming the cluster the token
+  is from; anything wrong is ``UNAUTHENTICATED: request authenticate
+  failure``, as istiod answers;
 - the issued URI SAN is ``spiffe://<td>/ns/<ns>/sa/<sa>`` of the token, never
   what the CSR asks for; the CSR's signature must verify;
 - TTL: ``validity_duration`` seconds (0 → the default TTL); more than the
@@ -31,6 +35,7 @@ XDS-side of istiod, SDS.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from dataclasses import dataclass
@@ -42,7 +47,7 @@ from grpc import aio as grpc_aio
 
 from adapters.istio import proto as istioca
 from bridge.identity import pki
-from tests.standins.sa_tokens import FakeTokenRequest, TokenError
+from tests.standins.sa_tokens import TokenError, TokenReviewer
 
 ISTIOD_NAME = "istiod.istio-system.svc"
 AUDIENCE = "istio-ca"
@@ -68,7 +73,7 @@ class IstiodCa:
 
     def __init__(
         self,
-        tokens: FakeTokenRequest,
+        tokens: TokenReviewer,
         *,
         trust_domain: str = "cluster.local",
         cluster_id: str = "Kubernetes",
@@ -229,7 +234,10 @@ class IstiodCa:
             # istiod looks up the token's cluster by this id: an unknown one fails auth.
             await abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure")
         try:
-            namespace, sa = self.tokens.review(auth[len("Bearer ") :], AUDIENCE)
+            # A TokenReview is an HTTP call: off the event loop, as istiod's is off its handler.
+            namespace, sa = await asyncio.to_thread(
+                self.tokens.review, auth[len("Bearer ") :], AUDIENCE
+            )
         except TokenError:
             await abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure")
             raise  # unreachable: abort raises

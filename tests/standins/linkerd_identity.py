@@ -28,9 +28,11 @@ order and with its status codes: ``INVALID_ARGUMENT`` for a missing
 identity, token or CSR, an unparsable DER CSR, or a CSR that breaks the rules
 (exactly one DNS SAN equal to the identity; CN empty or the identity; no
 email, IP or URI SANs; and — DESIGN.md §5 — an ECDSA P-256 key);
-``FAILED_PRECONDITION`` when the token does not authenticate (TokenReview
-with audience ``identity.l5d.io``) or names another identity than the one
-requested. The answer is the DER leaf, the DER issuer, and ``valid_until``.
+``FAILED_PRECONDITION`` when the token does not authenticate (a review for
+audience ``identity.l5d.io`` by a :class:`tests.standins.sa_tokens.TokenReviewer`:
+the fake TokenRequest's own check, or a TokenReview to the API server
+stand-in) or names another identity than the one requested. The answer is
+the DER leaf, the DER issuer, and ``valid_until``.
 
 Test controls: :meth:`outage` / :meth:`recover` (``"refuse"``: the proxy
 stops, connections are refused; ``"unavailable"``: the controller stops,
@@ -60,7 +62,7 @@ from grpc import aio as grpc_aio
 from adapters.linkerd import proto as identity_pb
 from bridge.demo.meshes import HCM_TYPE, ROUTER_TYPE, TLS_INSPECTOR, TYPE, SdsFile
 from bridge.identity import pki
-from tests.standins.sa_tokens import FakeTokenRequest, TokenError
+from tests.standins.sa_tokens import TokenError, TokenReviewer
 from tests.support.envoy import EnvoyProcess
 from tests.support.wait import free_port
 
@@ -84,7 +86,7 @@ class LinkerdIdentity:
 
     def __init__(
         self,
-        tokens: FakeTokenRequest,
+        tokens: TokenReviewer,
         *,
         namespace: str = "linkerd",
         trust_domain: str = "cluster.local",
@@ -385,7 +387,10 @@ class LinkerdIdentity:
         if problem:
             await abort(invalid, problem)
         try:
-            namespace, sa = self.tokens.review(token.decode("ascii", "replace"), AUDIENCE)
+            # A TokenReview is an HTTP call: off the event loop.
+            namespace, sa = await asyncio.to_thread(
+                self.tokens.review, token.decode("ascii", "replace"), AUDIENCE
+            )
         except TokenError as exc:
             await abort(grpc.StatusCode.FAILED_PRECONDITION, f"authentication failed: {exc}")
             raise  # unreachable

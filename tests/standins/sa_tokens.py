@@ -9,6 +9,11 @@ stand-ins verify the signature, so a forged or foreign token is refused.
 
 Also a :class:`bridge.identity.tokens.TokenSource` for the providers under
 test, with knobs to hand out a wrong audience or another service account.
+
+:class:`ApiServerTokenReview` is the other way a CA stand-in can check a
+token, the way istiod does it in a cluster: a ``TokenReview`` sent to the
+(stand-in) API server with the real ``kubernetes`` client, so a token from
+that server's TokenRequest is accepted and anything else is not.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from kubernetes import client as k8s_client
 
 from bridge.model.secrets import SecretBytes
 
@@ -35,6 +42,14 @@ def _unb64(text: str) -> bytes:
 
 class TokenError(ValueError):
     """A token that a TokenReview would not authenticate."""
+
+
+class TokenReviewer(Protocol):
+    """What a CA stand-in asks to authenticate a token (blocking: call it in a thread)."""
+
+    def review(self, token: str, audience: str) -> tuple[str, str]:
+        """(namespace, service account) of a valid token for ``audience``; TokenError if not."""
+        ...
 
 
 @dataclass
@@ -94,3 +109,43 @@ class FakeTokenRequest:
         self.issued.append(audience)
         aud = self.audience_override if self.audience_override is not None else audience
         return SecretBytes(self.issue(self.namespace, self.service_account, [aud]))
+
+
+class ApiServerTokenReview:
+    """Reviews tokens as istiod does: ``TokenReview`` to the API server, then its checks.
+
+    istiod (``pkg/kube/tokenreview``) sends the token with the audiences it
+    accepts, and refuses the caller unless the review is authenticated
+    without error, the user is in group ``system:serviceaccounts``, and the
+    username is ``system:serviceaccount:<ns>:<sa>``.
+    """
+
+    def __init__(self, api_url: str) -> None:
+        configuration = k8s_client.Configuration()
+        configuration.host = api_url
+        self._api = k8s_client.AuthenticationV1Api(k8s_client.ApiClient(configuration))
+        self.reviews = 0
+
+    def review(self, token: str, audience: str) -> tuple[str, str]:
+        self.reviews += 1
+        body = k8s_client.V1TokenReview(
+            spec=k8s_client.V1TokenReviewSpec(token=token, audiences=[audience])
+        )
+        try:
+            result = self._api.create_token_review(body, _request_timeout=5)
+        except (k8s_client.ApiException, OSError) as exc:
+            raise TokenError(f"TokenReview failed: {exc}") from exc
+        st = result.status
+        if st is None or st.error:
+            raise TokenError(
+                f"the service account authentication returns an error: {st and st.error}"
+            )
+        if not st.authenticated:
+            raise TokenError("the token is not authenticated")
+        user = st.user
+        if user is None or "system:serviceaccounts" not in (user.groups or []):
+            raise TokenError("the token is not a service account")
+        parts = str(user.username or "").split(":")
+        if len(parts) != 4:
+            raise TokenError("invalid username field in the token review result")
+        return parts[2], parts[3]
