@@ -102,7 +102,7 @@ def test_resolver_consul_endpoints_follow_health_through_envoy(
         write_docs(world / "web.yaml", [namespace("shop"), service("shop", "web", ann)])
         with serve(tmp_path, world, consul_config(agent)) as s:
             # Ready means Consul was read: the first snapshot already has the instances.
-            snapshot = s.admin("/debug/snapshot.json")
+            snapshot = s.admin("/debug/snapshot.json?type=endpoints")
             assert str(a.port) in snapshot and str(b.port) in snapshot, snapshot[:2000]
             wait_for(
                 lambda: backends_seen(s.gateway_port, "/web") == {"alpha", "beta"},
