@@ -258,6 +258,7 @@ class KubeApiServer:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._signing_key: Any = None
+        self._key_lock = threading.Lock()
         self.requests: list[RequestInfo] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -466,11 +467,13 @@ class KubeApiServer:
     # -- tokens ------------------------------------------------------------------
 
     def _key(self) -> Any:
-        if self._signing_key is None:
-            from cryptography.hazmat.primitives.asymmetric import rsa
+        # Locked: concurrent TokenRequests must not each make (and sign with) their own key.
+        with self._key_lock:
+            if self._signing_key is None:
+                from cryptography.hazmat.primitives.asymmetric import rsa
 
-            self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return self._signing_key
+                self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            return self._signing_key
 
     def issue_token(self, namespace: str, sa: str, audiences: list[str], seconds: int) -> str:
         from cryptography.hazmat.primitives import hashes
