@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -62,6 +63,9 @@ _KIND_BY_TYPE: dict[type, Kind] = {
 }
 
 
+_TARGET_POD = operator.attrgetter("target_pod")
+
+
 def consul_ref(key: ConsulServiceKey) -> ObjectRef:
     """The change-log ref of a watched Consul service."""
     return ObjectRef(
@@ -91,7 +95,11 @@ class Store:
         self._consul: dict[ConsulServiceKey, ConsulService] = {}
         self._slices_by_service: ShardedBuilder[ServiceId, frozenset[ObjectRef]] = ShardedBuilder()
         self._services_by_pod: ShardedBuilder[ObjectRef, frozenset[ServiceId]] = ShardedBuilder()
-        self._pod_refs_by_slice: dict[ObjectRef, tuple[ServiceId, frozenset[ObjectRef]]] = {}
+        self._pods_by_name: ShardedBuilder[ServiceId, K8sPod] = ShardedBuilder()
+        # slice → (its Service, its pods' refs, its endpoints' targetRef names in order)
+        self._pod_refs_by_slice: dict[
+            ObjectRef, tuple[ServiceId, frozenset[ObjectRef], tuple[str | None, ...]]
+        ] = {}
         self._changed: set[ObjectRef] = set()
         self._dirty_fields: set[str] = set(_FIELD_BY_KIND.values()) | {
             "mesh_secrets",
@@ -99,6 +107,7 @@ class Store:
             "source_diagnostics",
             "slices_by_service",
             "services_by_pod",
+            "pods_by_name",
         }
         self._world = World()
         self._version = 0
@@ -148,6 +157,9 @@ class Store:
         if kind is Kind.ENDPOINT_SLICE:
             assert isinstance(obj, K8sEndpointSlice)
             self._index_slice(ref, obj)
+        elif kind is Kind.POD:
+            self._pods_by_name[(ref.namespace, ref.name)] = obj  # type: ignore[assignment]
+            self._dirty_fields.add("pods_by_name")
         self._touch(ref, _FIELD_BY_KIND[kind])
         return True
 
@@ -163,6 +175,9 @@ class Store:
         self._events[(source, "delete")] += 1
         if ref.kind is Kind.ENDPOINT_SLICE:
             self._index_slice(ref, None)
+        elif ref.kind is Kind.POD:
+            self._pods_by_name.pop((ref.namespace, ref.name))
+            self._dirty_fields.add("pods_by_name")
         self._touch(ref, _FIELD_BY_KIND[ref.kind])
         return True
 
@@ -270,6 +285,8 @@ class Store:
             updates["slices_by_service"] = self._slices_by_service.freeze()
         if "services_by_pod" in self._dirty_fields:
             updates["services_by_pod"] = self._services_by_pod.freeze()
+        if "pods_by_name" in self._dirty_fields:
+            updates["pods_by_name"] = self._pods_by_name.freeze()
         self._dirty_fields.clear()
         old = self._world
         self._world = World(
@@ -291,9 +308,21 @@ class Store:
         self._event.set()
 
     def _index_slice(self, ref: ObjectRef, obj: K8sEndpointSlice | None) -> None:
-        old = self._pod_refs_by_slice.pop(ref, None)
+        targets = tuple(map(_TARGET_POD, obj.endpoints)) if obj is not None else ()
+        old = self._pod_refs_by_slice.get(ref)
+        if (
+            old is not None
+            and obj is not None
+            and old[2] == targets
+            and old[0] == (obj.namespace, obj.service_name)
+        ):
+            # Same Service, same pods (an endpoint moved or changed readiness,
+            # the common update): the indexes stay as they are. Rewriting them
+            # would copy a shard of each 100k-entry index per pod.
+            return
         if old is not None:
-            sid, pods = old
+            del self._pod_refs_by_slice[ref]
+            sid, pods, _ = old
             refs = self._slices_by_service.get(sid, frozenset()) - {ref}
             if refs:
                 self._slices_by_service[sid] = refs
@@ -312,7 +341,7 @@ class Store:
                 for e in obj.endpoints
                 if e.target_pod
             )
-            self._pod_refs_by_slice[ref] = (sid, pods)
+            self._pod_refs_by_slice[ref] = (sid, pods, targets)
             self._slices_by_service[sid] = self._slices_by_service.get(sid, frozenset()) | {ref}
             for p in pods:
                 self._services_by_pod[p] = self._services_by_pod.get(p, frozenset()) | {sid}

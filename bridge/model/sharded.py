@@ -12,7 +12,8 @@ but not sorted. Callers that need an order sort (as ``resolve`` does).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
+from itertools import chain
 from typing import Generic, TypeVar, overload
 
 K = TypeVar("K")
@@ -41,12 +42,25 @@ class ShardedMap(Mapping[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._shards[hash(key) & _MASK]
 
+    def get_many(self, keys: Iterable[K]) -> list[V | None]:
+        """``[self.get(k) for k in keys]`` without a Python call per key."""
+        shards = self._shards
+        return [shards[hash(k) & _MASK].get(k) for k in keys]
+
     def __iter__(self) -> Iterator[K]:
         for shard in self._shards:
             yield from shard
 
     def __len__(self) -> int:
         return self._len
+
+    # The Mapping mixins fetch each value through __getitem__ in Python (two
+    # Python-level hashes of the key); these walk the shards' own dicts in C.
+    def values(self) -> ValuesView[V]:
+        return _ShardedValues(self)
+
+    def items(self) -> ItemsView[K, V]:
+        return _ShardedItems(self)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ShardedMap):
@@ -63,6 +77,22 @@ class ShardedMap(Mapping[K, V]):
 
     def __repr__(self) -> str:
         return f"ShardedMap({self._len} entries)"
+
+
+class _ShardedValues(ValuesView[V]):
+    __slots__ = ()
+    _mapping: ShardedMap[object, V]
+
+    def __iter__(self) -> Iterator[V]:
+        return chain.from_iterable(shard.values() for shard in self._mapping._shards)
+
+
+class _ShardedItems(ItemsView[K, V]):
+    __slots__ = ()
+    _mapping: ShardedMap[K, V]
+
+    def __iter__(self) -> Iterator[tuple[K, V]]:
+        return chain.from_iterable(shard.items() for shard in self._mapping._shards)
 
 
 class ShardedBuilder(Generic[K, V]):

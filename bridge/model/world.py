@@ -8,7 +8,7 @@ mapping here as immutable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridge.model.consul import ConsulService, ConsulServiceKey
@@ -26,6 +26,7 @@ from bridge.model.k8s import (
     Kind,
     ObjectRef,
 )
+from bridge.model.sharded import ShardedMap
 
 ServiceId = tuple[str, str]  # (namespace, name)
 
@@ -49,11 +50,33 @@ class World:
     # Indexes kept by the store.
     slices_by_service: Mapping[ServiceId, frozenset[ObjectRef]] = field(default_factory=FrozenDict)
     services_by_pod: Mapping[ObjectRef, frozenset[ServiceId]] = field(default_factory=FrozenDict)
+    # ``pods`` again, keyed by (namespace, name): a tuple key hashes in C, an
+    # ObjectRef in Python (auto mesh detection reads 100k pods at 10k Services).
+    # Kept by the store; a World made without it falls back to ``pods``.
+    pods_by_name: Mapping[ServiceId, K8sPod] = field(default_factory=FrozenDict)
 
     def slices_of(self, namespace: str, service: str) -> list[K8sEndpointSlice]:
         """The Service's EndpointSlices, sorted by name."""
-        refs = self.slices_by_service.get((namespace, service), frozenset())
+        refs = self.slices_by_service.get((namespace, service))
+        if not refs:
+            return []
+        if len(refs) == 1:
+            (ref,) = refs
+            return [self.endpoint_slices[ref]]
         return [self.endpoint_slices[r] for r in sorted(refs)]
+
+    def pods_named(self, namespace: str, names: Iterable[str]) -> list[K8sPod]:
+        """The Pods of ``namespace`` with these names that the World knows, in the given order."""
+        keys = [(namespace, n) for n in names]
+        by_name = self.pods_by_name
+        if by_name or not self.pods:
+            if isinstance(by_name, ShardedMap):
+                found = by_name.get_many(keys)
+            else:
+                found = [by_name.get(k) for k in keys]
+        else:
+            found = [self.pods.get(ObjectRef(Kind.POD, ns, n)) for ns, n in keys]
+        return [p for p in found if p is not None]
 
     def namespace(self, name: str) -> K8sNamespace | None:
         return self.namespaces.get(name)
@@ -62,4 +85,6 @@ class World:
         return self.nodes.get(name)
 
     def pod(self, namespace: str, name: str) -> K8sPod | None:
+        if self.pods_by_name:
+            return self.pods_by_name.get((namespace, name))
         return self.pods.get(ObjectRef(Kind.POD, namespace, name))

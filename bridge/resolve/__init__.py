@@ -69,13 +69,14 @@ from bridge.model.k8s import Kind, ObjectRef
 from bridge.model.settings import ResolveSettings
 from bridge.model.world import World
 from bridge.resolve.annotations import PREFIX_KEY, ROUTES_KEY
-from bridge.resolve.service import resolve_service
+from bridge.resolve.service import Lookups, resolve_present, resolve_service
 
 __all__ = ["CONFLICT", "resolve", "resolve_service"]
 
 CONFLICT = "route.conflict"
 
 _Pair = tuple[str, str]  # (host, prefix)
+_ABSENT = object()
 
 # ObjectRef's own order (kind, namespace, name) compared in C: its generated
 # ``__lt__`` runs in Python, and a full build sorts 10k refs twice.
@@ -104,6 +105,8 @@ class _Basis:
     # The final resolutions and the IR's upstreams, as dicts.
     services: dict[ObjectRef, ServiceResolution]
     upstreams: dict[UpstreamKey, Upstream]
+    # Per-Namespace parses of this build, reused while the Namespace is the same.
+    lookups: Lookups | None = None
 
 
 def resolve(
@@ -131,6 +134,9 @@ def resolve(
             sorted(_affected(world, basis, reuse_final, changed), key=_REF_ORDER),
         )
     empty = _Basis(World(), settings, {}, {}, {}, {}, {})
+    # Refs are unique keys already: a set is needed only to merge two maps
+    # (ObjectRef hashes in Python; a full build has 10k of them).
+    refs = set(world.services).union(reuse_final) if reuse_final else world.services.keys()
     return _build(
         world,
         settings,
@@ -138,7 +144,7 @@ def resolve(
         empty,
         reuse_final,
         reuse_claimed,
-        sorted(set(world.services) | set(reuse_final), key=_REF_ORDER),
+        sorted(refs, key=_REF_ORDER),
     )
 
 
@@ -213,20 +219,31 @@ def _build(
     old_ir = previous.ir if previous is not None else None
     old_world = base.world if previous is not None else None
 
+    # Membership tests on empty maps still hash the key, and an ObjectRef
+    # hashes in Python: a full build skips them.
+    have_base = bool(base_final) or bool(base_claimed)
+    have_reuse = bool(reuse_final) or bool(reuse_claimed)
+
     def old_claimed_of(ref: ObjectRef) -> ServiceResolution | None:
-        return reuse_claimed.get(ref) or reuse_final.get(ref)
+        return reuse_claimed.get(ref) or reuse_final.get(ref) if have_reuse else None
+
+    lookups = Lookups(world, base.lookups)
 
     # 1. Claimed resolutions of the affected Services.
     new_claimed: dict[ObjectRef, ServiceResolution | None] = {}
     changed_pairs: set[_Pair] = set()
+    service_of = world.services.get
     for ref in affected:
-        base_old = base_claimed.get(ref) or base_final.get(ref)
-        if ref not in world.services:
+        base_old = base_claimed.get(ref) or base_final.get(ref) if have_base else None
+        svc = service_of(ref)
+        if svc is None:
             new_claimed[ref] = None
             if base_old is not None:
                 changed_pairs.update((r.host, r.prefix) for r in base_old.routes)
             continue
-        sr = _reuse_parts(resolve_service(world, settings, ref), old_claimed_of(ref))
+        sr = resolve_present(world, settings, ref, svc, lookups)
+        if have_reuse:
+            sr = _reuse_parts(sr, old_claimed_of(ref))
         new_claimed[ref] = sr
         old_routes = base_old.routes if base_old is not None else ()
         if sr.routes is not old_routes and sr.routes != old_routes:
@@ -235,6 +252,8 @@ def _build(
 
     # 2. Settle the claims of the (host, prefix) pairs that changed.
     claims = base_claims
+    # Claimants of a changed pair that were not re-resolved (one may have
+    # started or stopped losing).
     refinalize: set[ObjectRef] = set()
     if changed_pairs:
         claims_d = base_claims.copy()
@@ -242,47 +261,58 @@ def _build(
         for csr in new_claimed.values():
             if csr is not None:
                 for r in csr.routes:
-                    if (r.host, r.prefix) in changed_pairs:
-                        adds.setdefault((r.host, r.prefix), []).append(r)
+                    pair = (r.host, r.prefix)
+                    if pair in changed_pairs:
+                        bucket = adds.get(pair)
+                        if bucket is None:
+                            adds[pair] = [r]
+                        else:
+                            bucket.append(r)
         for pair in changed_pairs:
             prior = claims_d.get(pair, ())
             kept = [r for r in prior if r.source not in new_claimed]
-            kept.extend(adds.get(pair, ()))
-            refinalize.update(r.source for r in prior)
             refinalize.update(r.source for r in kept)
-            if kept:
+            kept.extend(adds.get(pair, ()))
+            if len(kept) > 1:
                 kept.sort(key=_claim_order)
                 claims_d[pair] = tuple(kept)
+            elif kept:
+                claims_d[pair] = (kept[0],)
             else:
                 claims_d.pop(pair, None)
         claims = claims_d
 
     # 3. Final resolutions: the affected Services and every claimant of a
-    #    changed pair (one may have started or stopped losing).
+    #    changed pair.
     services = base_final.copy()
     claimed = base_claimed
     claimed_d: dict[ObjectRef, ServiceResolution] | None = None
     finals_changed: list[tuple[ServiceResolution | None, ServiceResolution | None]] = []
-    for ref in sorted(refinalize | set(new_claimed), key=_REF_ORDER):
-        src = new_claimed[ref] if ref in new_claimed else (claimed.get(ref) or services.get(ref))
-        prev_final = services.get(ref)
+    order = sorted(refinalize.union(new_claimed), key=_REF_ORDER) if refinalize else affected
+    for ref in order:
+        src = new_claimed.get(ref, _ABSENT)
+        if src is _ABSENT:
+            src = claimed.get(ref) or services.get(ref)
+        prev_final = base_final.get(ref) if have_base else None
         lost = False
         if src is None:
             services.pop(ref, None)
             final = None
         else:
+            assert isinstance(src, ServiceResolution)
             final = _settle(world, src, claims)
             lost = final is not src
-            old = reuse_final.get(ref)
-            if old is not None and old is not final and old == final:
-                final = old
+            if have_reuse:
+                old = reuse_final.get(ref)
+                if old is not None and old is not final and old == final:
+                    final = old
             services[ref] = final
-        had = ref in claimed
+        had = bool(claimed) and ref in claimed
         if had or lost:
             if claimed_d is None:
                 claimed_d = claimed.copy()
             if lost:
-                assert src is not None
+                assert isinstance(src, ServiceResolution)
                 claimed_d[ref] = src
             else:
                 claimed_d.pop(ref, None)
@@ -331,7 +361,7 @@ def _build(
         services=FrozenDict.adopt(services),
         ir=ir,
         diagnostics=diagnostics,
-        basis=_Basis(world, settings, claimed, claims, hosts, services, upstreams),
+        basis=_Basis(world, settings, claimed, claims, hosts, services, upstreams, lookups),
     )
 
 
@@ -371,10 +401,11 @@ def _settle(
 ) -> ServiceResolution:
     """``sr`` minus the routes another Service won, with an ERROR per lost route."""
     lost: list[tuple[Route, ObjectRef]] = []
+    ref = sr.ref
     for r in sr.routes:
-        winner = claims[(r.host, r.prefix)][0]
-        if winner.source != sr.ref:
-            lost.append((r, winner.source))
+        source = claims[(r.host, r.prefix)][0].source
+        if source is not ref and source != ref:
+            lost.append((r, source))
     if not lost:
         return sr
     svc = world.services.get(sr.ref)

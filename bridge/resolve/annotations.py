@@ -277,10 +277,15 @@ class _Diags:
                 )
 
 
+def _has_ours(ann: Mapping[str, str]) -> bool:
+    """Whether any key is a ``meshbridge.io/`` key."""
+    return any(k.startswith(PREFIX) for k in ann)
+
+
 def parse_namespace(ns: K8sNamespace) -> tuple[NamespaceSpec, tuple[Diagnostic, ...]]:
     """A Namespace's ``resolver``/``mesh`` defaults (diagnostics name the Namespace)."""
     ann = ns.annotations
-    if not any(k.startswith(PREFIX) for k in ann):
+    if not _has_ours(ann):
         return NO_DEFAULTS, ()
     d = _Diags(ns.ref)
     d.unknown_keys(ann, NAMESPACE_KEYS, "Namespace")
@@ -296,7 +301,7 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
     still show what was understood); an ERROR means the Service is left out.
     """
     ann = svc.annotations
-    if not any(k.startswith(PREFIX) for k in ann):
+    if not _has_ours(ann):
         return NOT_EXPOSED, ()  # the common case, kept cheap
     d = _Diags(svc.ref)
     d.unknown_keys(ann, SERVICE_KEYS, "Service")
@@ -530,10 +535,10 @@ def _pick_port(
 ) -> tuple[bool, ServicePort | None]:
     """``(True, the Service port a route targets)``, or ``(False, None)`` after a diagnostic."""
     ports = svc.ports
+    if wanted is None and len(ports) <= 1:
+        return True, ports[0] if ports else None
     listed = ", ".join(_port_text(p) for p in ports)
     if wanted is None:
-        if len(ports) <= 1:
-            return True, ports[0] if ports else None
         d.add(
             field,
             f"the Service has {len(ports)} ports ({listed}) and no port is chosen",

@@ -20,12 +20,14 @@ Pure: reads the World, does no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from bridge.model.diagnostics import Diagnostic, Severity
+from bridge.model.frozen import EMPTY
 from bridge.model.ir import Mesh
-from bridge.model.k8s import K8sNamespace, K8sPod, K8sService
+from bridge.model.k8s import K8sEndpointSlice, K8sNamespace, K8sPod, K8sService
 from bridge.model.settings import ResolveSettings
 from bridge.model.world import World
 from bridge.resolve.annotations import MESH_KEY
@@ -80,11 +82,21 @@ _POD_LABEL_KEYS = frozenset(key for _, where, key, _ in POD_MARKERS if where == 
 _POD_ANNOTATION_KEYS = frozenset(key for _, where, key, _ in POD_MARKERS if where == _ANNOTATION)
 
 
+def has_pod_markers(pod: K8sPod) -> bool:
+    """Whether ``pod`` carries any mesh marker key (a cheap pre-check of :func:`pod_markers`)."""
+    # Auto detection reads every endpoint pod (100k at 10k Services): the
+    # shared empty map is ruled out by identity, anything else by two
+    # C-level set checks over the maps' keys, before any reason text.
+    labels, annotations = pod.labels, pod.annotations
+    return not (
+        (labels is EMPTY or _POD_LABEL_KEYS.isdisjoint(labels.keys()))
+        and (annotations is EMPTY or _POD_ANNOTATION_KEYS.isdisjoint(annotations.keys()))
+    )
+
+
 def pod_markers(pod: K8sPod) -> dict[Mesh, str]:
     """Meshes whose markers ``pod`` carries → e.g. ``pod a/b label k=v``."""
-    # Auto detection reads every endpoint pod (100k at 10k Services): rule out a pod
-    # with no marker key at all in two C-level checks, before any reason text.
-    if _POD_LABEL_KEYS.isdisjoint(pod.labels) and _POD_ANNOTATION_KEYS.isdisjoint(pod.annotations):
+    if not has_pod_markers(pod):
         return {}
     return _markers(pod.labels, pod.annotations, POD_MARKERS, f"pod {pod.namespace}/{pod.name}")
 
@@ -93,31 +105,46 @@ def namespace_markers(ns: K8sNamespace) -> dict[Mesh, str]:
     return _markers(ns.labels, ns.annotations, NAMESPACE_MARKERS, f"namespace {ns.name}")
 
 
-def endpoint_pods(world: World, svc: K8sService) -> list[K8sPod]:
-    """The pods behind the Service's EndpointSlices that the World knows, by name."""
-    names: set[str] = set()
-    for s in world.slices_of(svc.namespace, svc.name):
-        for e in s.endpoints:
-            if e.target_pod:
-                names.add(e.target_pod)
-    pods = []
-    for name in sorted(names):
-        pod = world.pod(svc.namespace, name)
-        if pod is not None:
-            pods.append(pod)
-    return pods
+_TARGET_POD = operator.attrgetter("target_pod")
 
 
-def detect_mesh(world: World, svc: K8sService) -> MeshChoice:
-    """Mesh ``auto``: read markers on the endpoint pods, else on the namespace."""
-    pods = endpoint_pods(world, svc)
-    ns = world.namespace(svc.namespace)
-    ns_found = namespace_markers(ns) if ns is not None else {}
+def endpoint_pods(
+    world: World, svc: K8sService, slices: Iterable[K8sEndpointSlice] | None = None
+) -> list[K8sPod]:
+    """The pods behind the Service's EndpointSlices that the World knows, by name.
+
+    ``slices`` (the Service's slices) may be passed when the caller has them.
+    """
+    names: set[str | None] = set()
+    for s in world.slices_of(svc.namespace, svc.name) if slices is None else slices:
+        names.update(map(_TARGET_POD, s.endpoints))  # C-level walk of the endpoints
+    names.discard(None)
+    names.discard("")
+    return world.pods_named(svc.namespace, sorted(names))  # type: ignore[arg-type]
+
+
+def detect_mesh(
+    world: World,
+    svc: K8sService,
+    pods: list[K8sPod] | None = None,
+    ns_found: dict[Mesh, str] | None = None,
+) -> MeshChoice:
+    """Mesh ``auto``: read markers on the endpoint pods, else on the namespace.
+
+    ``pods`` (:func:`endpoint_pods`) and ``ns_found`` (:func:`namespace_markers`
+    of the Service's Namespace) may be passed when the caller already has them.
+    """
+    if pods is None:
+        pods = endpoint_pods(world, svc)
+    if ns_found is None:
+        ns = world.namespace(svc.namespace)
+        ns_found = namespace_markers(ns) if ns is not None else {}
     if pods:
         found: dict[Mesh, str] = {}
         for pod in pods:
-            for mesh, reason in pod_markers(pod).items():
-                found.setdefault(mesh, reason)
+            if has_pod_markers(pod):
+                for mesh, reason in pod_markers(pod).items():
+                    found.setdefault(mesh, reason)
         if found:
             return _one(svc, found, "endpoint pods carry markers of more than one mesh")
         reason = f"no mesh marker on the {len(pods)} endpoint pod(s)"
@@ -175,8 +202,14 @@ def choose_mesh(
     svc: K8sService,
     service_mesh: Mesh | None,
     namespace_mesh: Mesh | None,
+    pods: Callable[[], list[K8sPod]] | None = None,
+    ns_found: dict[Mesh, str] | None = None,
 ) -> MeshChoice:
-    """Service annotation > Namespace annotation > config; ``auto`` → :func:`detect_mesh`."""
+    """Service annotation > Namespace annotation > config; ``auto`` → :func:`detect_mesh`.
+
+    ``pods`` (called only when markers must be read) and ``ns_found`` are
+    passed on to :func:`detect_mesh`.
+    """
     if service_mesh is not None:
         mesh, reason = service_mesh, f"annotation {MESH_KEY}={service_mesh.value} on the Service"
     elif namespace_mesh is not None:
@@ -186,7 +219,7 @@ def choose_mesh(
         mesh, reason = settings.default_mesh, f"config default_mesh={settings.default_mesh.value}"
     if mesh is not Mesh.AUTO:
         return MeshChoice(mesh, reason)
-    return detect_mesh(world, svc)
+    return detect_mesh(world, svc, pods() if pods is not None else None, ns_found)
 
 
 __all__ = [
@@ -196,6 +229,7 @@ __all__ = [
     "choose_mesh",
     "detect_mesh",
     "endpoint_pods",
+    "has_pod_markers",
     "namespace_markers",
     "pod_markers",
 ]

@@ -32,7 +32,14 @@ from bridge.model.ir import (
     Upstream,
     UpstreamKey,
 )
-from bridge.model.k8s import K8sNamespace, K8sPod, K8sService, ObjectRef, ServicePort
+from bridge.model.k8s import (
+    K8sEndpointSlice,
+    K8sNamespace,
+    K8sPod,
+    K8sService,
+    ObjectRef,
+    ServicePort,
+)
 from bridge.model.settings import ResolveSettings
 from bridge.model.world import World
 from bridge.resolve.annotations import (
@@ -45,8 +52,8 @@ from bridge.resolve.annotations import (
     parse_namespace,
     parse_service,
 )
-from bridge.resolve.mesh import choose_mesh, endpoint_pods
-from bridge.resolve.policy import MeshContext, mesh_policy
+from bridge.resolve.mesh import choose_mesh, endpoint_pods, namespace_markers
+from bridge.resolve.policy import PLAINTEXT, MeshContext, mesh_policy
 
 CONSUL_SERVICE_NAME = "consul.hashicorp.com/service-name"
 CONSUL_MISSING = "consul.missing"
@@ -101,45 +108,128 @@ class _Defaults:
     bad_mesh: Diagnostic | None
 
 
+_NO_NAMESPACE_DEFAULTS = _Defaults(NO_DEFAULTS, (), None, None)
+
+
 def _namespace_defaults(ns: K8sNamespace | None) -> _Defaults:
     if ns is None:
-        return _Defaults(NO_DEFAULTS, (), None, None)
+        return _NO_NAMESPACE_DEFAULTS
     spec, diags = parse_namespace(ns)
+    if not diags and spec is NO_DEFAULTS:
+        return _NO_NAMESPACE_DEFAULTS
     bad_resolver = next((d for d in diags if d.field == annotation_field(RESOLVER_KEY)), None)
     bad_mesh = next((d for d in diags if d.field == annotation_field(MESH_KEY)), None)
     rest = tuple(d for d in diags if d is not bad_resolver and d is not bad_mesh)
     return _Defaults(spec, rest, bad_resolver, bad_mesh)
 
 
-def resolve_service(world: World, settings: ResolveSettings, ref: ObjectRef) -> ServiceResolution:
-    """What one Service resolves to: resolver, mesh and why, routes, upstreams, problems."""
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """What every Service of one Namespace shares: its defaults and mesh markers."""
+
+    namespace: K8sNamespace | None
+    defaults: _Defaults
+    markers: dict[Mesh, str]  # namespace_markers(); never mutated
+
+
+class Lookups:
+    """Read caches over one World for one build: what many Services share.
+
+    Namespaces are read once per build (and their parse reused from the
+    previous build's ``Lookups`` while the Namespace object is the same).
+    """
+
+    __slots__ = ("_namespaces", "_previous", "world")
+
+    def __init__(self, world: World, previous: Lookups | None = None) -> None:
+        self.world = world
+        self._namespaces: dict[str, NamespaceInfo] = {}
+        self._previous = previous._namespaces if previous is not None else {}
+
+    def namespace(self, name: str) -> NamespaceInfo:
+        info = self._namespaces.get(name)
+        if info is None:
+            ns = self.world.namespace(name)
+            info = self._previous.get(name)
+            if info is None or info.namespace is not ns:
+                markers = namespace_markers(ns) if ns is not None else {}
+                info = NamespaceInfo(ns, _namespace_defaults(ns), markers)
+            self._namespaces[name] = info
+        return info
+
+
+def resolve_service(
+    world: World,
+    settings: ResolveSettings,
+    ref: ObjectRef,
+    lookups: Lookups | None = None,
+) -> ServiceResolution:
+    """What one Service resolves to: resolver, mesh and why, routes, upstreams, problems.
+
+    ``lookups`` shares per-build caches between the Services of one build.
+    """
     svc = world.services.get(ref)
     if svc is None:
         return ServiceResolution(ref=ref, exposed=False)
+    return resolve_present(world, settings, ref, svc, lookups)
+
+
+def resolve_present(
+    world: World,
+    settings: ResolveSettings,
+    ref: ObjectRef,
+    svc: K8sService,
+    lookups: Lookups | None = None,
+) -> ServiceResolution:
+    """:func:`resolve_service` for a Service the caller has already found (``svc``)."""
     spec, own = parse_service(svc)
     if not spec.exposed:
         return ServiceResolution(ref=ref, exposed=False, diagnostics=_sorted(own))
+    if lookups is None:
+        lookups = Lookups(world)
 
     diags = list(own)
-    defaults = _namespace_defaults(world.namespace(svc.namespace))
+    ns_info = lookups.namespace(svc.namespace)
+    defaults = ns_info.defaults
     # Namespace warnings concern every exposed Service there; a bad namespace
     # default only the Services that rely on it (they are left out rather
     # than silently given the config's default).
     diags.extend(defaults.diagnostics)
     resolver: Resolver | None = spec.resolver or defaults.spec.resolver or settings.default_resolver
-    if spec.resolver is None and RESOLVER_KEY in svc.annotations:
+    annotations = svc.annotations
+    if spec.resolver is None and RESOLVER_KEY in annotations:
         resolver = None  # invalid: reported by parse_service
     elif spec.resolver is None and defaults.bad_resolver is not None:
         diags.append(defaults.bad_resolver)
         resolver = None
+
+    # The Service's slices and endpoint pods, read once and only if needed.
+    slices = world.slices_of(svc.namespace, svc.name)
+    pods: list[K8sPod] | None = None
+
+    def endpoint_pods_once() -> list[K8sPod]:
+        nonlocal pods
+        if pods is None:
+            pods = endpoint_pods(world, svc, slices)
+        return pods
+
     choice = None
-    if spec.mesh is None and MESH_KEY in svc.annotations:
+    if spec.mesh is None and MESH_KEY in annotations:
         pass  # invalid: reported by parse_service
     elif spec.mesh is None and defaults.bad_mesh is not None:
         diags.append(defaults.bad_mesh)
     else:
-        choice = choose_mesh(world, settings, svc, spec.mesh, defaults.spec.mesh)
-        diags.extend(choice.diagnostics)
+        choice = choose_mesh(
+            world,
+            settings,
+            svc,
+            spec.mesh,
+            defaults.spec.mesh,
+            endpoint_pods_once,
+            ns_info.markers,
+        )
+        if choice.diagnostics:
+            diags.extend(choice.diagnostics)
     mesh = choice.mesh if choice is not None else None
     reason = choice.reason if choice is not None else ""
 
@@ -147,30 +237,31 @@ def resolve_service(world: World, settings: ResolveSettings, ref: ObjectRef) -> 
     upstreams: dict[UpstreamKey, Upstream] = {}
     routes: list[Route] = []
     if not failed and mesh is not None and resolver is not None:
-        pods: tuple[K8sPod, ...] = ()
-        pods_read = False
         for rs in spec.routes:
             key = upstream_key(svc, rs.port)
             if key not in upstreams:
-                if mesh is not Mesh.NONE and not pods_read:
-                    pods, pods_read = tuple(endpoint_pods(world, svc)), True
-                ckey = consul_key(svc, settings, spec.consul_service, spec.consul_datacenter, mesh)
-                ctx = MeshContext(
-                    world,
-                    settings,
-                    svc,
-                    rs.port,
-                    key,
-                    resolver,
-                    mesh,
-                    pods,
-                    protocol_of(rs.port),
-                    ckey,
-                )
-                policy = mesh_policy(ctx)
-                diags.extend(policy.diagnostics)
+                if mesh is Mesh.NONE:
+                    policy = PLAINTEXT  # what mesh_policy says for mesh none
+                else:
+                    ckey = consul_key(
+                        svc, settings, spec.consul_service, spec.consul_datacenter, mesh
+                    )
+                    ctx = MeshContext(
+                        world,
+                        settings,
+                        svc,
+                        rs.port,
+                        key,
+                        resolver,
+                        mesh,
+                        tuple(endpoint_pods_once()),
+                        protocol_of(rs.port),
+                        ckey,
+                    )
+                    policy = mesh_policy(ctx)
+                    diags.extend(policy.diagnostics)
                 upstream = _upstream(
-                    world, settings, svc, spec, rs.port, key, resolver, mesh, diags
+                    world, settings, svc, spec, rs.port, key, resolver, mesh, diags, slices
                 )
                 if upstream is None:
                     continue
@@ -209,9 +300,13 @@ def resolve_service(world: World, settings: ResolveSettings, ref: ObjectRef) -> 
         mesh=mesh,
         mesh_reason=reason,
         routes=tuple(routes),
-        upstreams=tuple(upstreams[k] for k in sorted(upstreams)),
+        upstreams=tuple(upstreams.values()) if len(upstreams) < 2 else _by_key(upstreams),
         diagnostics=_sorted(diags),
     )
+
+
+def _by_key(upstreams: dict[UpstreamKey, Upstream]) -> tuple[Upstream, ...]:
+    return tuple(upstreams[k] for k in sorted(upstreams))
 
 
 def _route_headers(
@@ -243,6 +338,7 @@ def _upstream(
     resolver: Resolver,
     mesh: Mesh,
     diags: list[Diagnostic],
+    slices: list[K8sEndpointSlice] | None = None,
 ) -> Upstream | None:
     protocol = protocol_of(port)
     if resolver is Resolver.CONSUL:
@@ -280,23 +376,34 @@ def _upstream(
             protocol=protocol,
             mesh=mesh,
         )
+    if slices is None:
+        slices = world.slices_of(svc.namespace, svc.name)
     return Upstream(
         key=key,
         discovery=Discovery.EDS,
-        endpoints=_slice_endpoints(world, svc, port, diags),
+        endpoints=_slice_endpoints(svc, port, diags, slices),
         protocol=protocol,
         mesh=mesh,
     )
 
 
+# Endpoint objects made without the dataclass __init__ (one C-level slot
+# store per field instead of a frozen ``object.__setattr__`` each): a full
+# build makes 100k of them. Same fields, same values, no __post_init__.
+_new = object.__new__
+_set_address, _set_port, _set_zone = (
+    Endpoint.__dict__[f].__set__ for f in ("address", "port", "zone")
+)
+
+
 def _slice_endpoints(
-    world: World, svc: K8sService, port: ServicePort, diags: list[Diagnostic]
+    svc: K8sService, port: ServicePort, diags: list[Diagnostic], slices: list[K8sEndpointSlice]
 ) -> tuple[Endpoint, ...]:
     """Ready, non-terminating endpoints on the slice port named like the Service port."""
     # Deduplicated and sorted as plain tuples (C-level hashing and comparison),
     # made into Endpoints once at the end.
     out: set[tuple[str, int, str]] = set()
-    for s in world.slices_of(svc.namespace, svc.name):
+    for s in slices:
         if s.address_type not in ("IPv4", "IPv6"):
             diags.append(
                 Diagnostic(
@@ -309,15 +416,27 @@ def _slice_endpoints(
                 )
             )
             continue
-        number = next((p.port for p in s.ports if p.name == port.name), None)
+        number = None
+        for slice_port in s.ports:
+            if slice_port.name == port.name:
+                number = slice_port.port
+                break
         if number is None:
             continue
+        add = out.add
         for e in s.endpoints:
             if e.ready and not e.terminating:
                 # Addresses of one endpoint are fungible; the first is the one
                 # kube-proxy uses.
-                out.add((e.addresses[0], number, e.zone or ""))
-    return tuple(Endpoint(a, p, z) for a, p, z in sorted(out))
+                add((e.addresses[0], number, e.zone or ""))
+    made: list[Endpoint] = []
+    for address, number, zone in sorted(out):
+        endpoint = _new(Endpoint)
+        _set_address(endpoint, address)
+        _set_port(endpoint, number)
+        _set_zone(endpoint, zone)
+        made.append(endpoint)
+    return tuple(made)
 
 
 def _consul_endpoints(
