@@ -66,6 +66,7 @@ class CaCall:
     issued_san: str = ""
     issued_serial: int = 0
     ttl_s: int = 0
+    why: str = ""  # why authentication failed (istiod logs it; the caller only sees the code)
 
 
 class IstiodCa:
@@ -221,8 +222,8 @@ class IstiodCa:
         def record(status: str, **kw: Any) -> None:
             self.calls.append(CaCall(shown, uris, dns, cn, validity, status, **kw))
 
-        async def abort(code: grpc.StatusCode, message: str) -> None:
-            record(code.name)
+        async def abort(code: grpc.StatusCode, message: str, why: str = "") -> None:
+            record(code.name, why=why)
             await context.abort(code, message)
 
         if self.fail_with is not None:
@@ -238,8 +239,8 @@ class IstiodCa:
             namespace, sa = await asyncio.to_thread(
                 self.tokens.review, auth[len("Bearer ") :], AUDIENCE
             )
-        except TokenError:
-            await abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure")
+        except TokenError as exc:
+            await abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure", str(exc))
             raise  # unreachable: abort raises
         if csr is None or not csr.is_signature_valid:
             await abort(grpc.StatusCode.INVALID_ARGUMENT, "CSR signing error (invalid CSR)")

@@ -1,4 +1,4 @@
-"""``meshbridge serve`` / ``resolve`` with ``linkerd.mode: ca``: the identity stand-in, real Envoys.
+"""``meshbridge serve`` / ``resolve`` with ``linkerd.mode: ca``, and refused tokens of both CAs.
 
 Linkerd's counterpart of :mod:`tests.wiring.test_istio`. The gateway's
 service-account token is a projected-token file (issued by the stand-in
@@ -9,6 +9,10 @@ its TLS 1.3, no-ALPN proxy (a real Envoy). The backend sits behind a real
 Envoy enforcing Linkerd's inbound rules (TLS 1.3 only, SNI = its identity,
 client certificate from the anchors, no ALPN) with a certificate from the
 same issuer.
+
+A token either CA refuses is shown by ``resolve`` and ``/debug``, naming the
+audience and the service account, and heals once the token file does (the
+Istio case uses :mod:`tests.wiring.test_istio`'s fixture).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tests.e2e.backends import NamedBackend
 from tests.standins.linkerd_identity import LinkerdIdentity
 from tests.standins.sa_tokens import FakeTokenRequest
 from tests.support.envoy import EnvoyProcess
+from tests.wiring import test_istio
 from tests.wiring.support import (
     DEADLINE,
     LoopThread,
@@ -40,9 +45,12 @@ from tests.wiring.support import (
     wait_for,
     write_docs,
 )
+from tests.wiring.test_istio import Mesh as IstioMesh
 from tests.wiring.test_istio import answer, resolve_json
 
 pytestmark = pytest.mark.e2e
+
+mesh = test_istio.mesh  # the Istio wiring fixture, shared
 
 GATEWAY_NS = "edge"
 GATEWAY_SA = "meshbridge"
@@ -140,39 +148,44 @@ def test_resolve_shows_the_linkerd_upstream_tls_and_identity(
     assert not row["diagnostics"], row["diagnostics"]
 
 
-def test_refused_token_shows_in_resolve_and_debug_naming_audience_and_account(
-    tmp_path: Path, linkerd: LinkerdMesh, capsys: pytest.CaptureFixture[str]
+def refused_token_is_shown_then_healed(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    world: Path,
+    config: str,
+    token_file: Path,
+    good_token: str,
+    mesh_name: str,
+    refused: str,
+    audience: str,
+    route: str,
+    peer: str,
 ) -> None:
-    # A token projected for the wrong audience: Linkerd identity refuses it.
-    linkerd.token_file.write_text(linkerd.tokens.issue(GATEWAY_NS, GATEWAY_SA, ["istio-ca"]))
-    refused = (
-        f"Linkerd identity refused the service-account token of {GATEWAY_NS}/{GATEWAY_SA} "
-        "(audience identity.l5d.io)"
-    )
-    config = tmp_path / "meshbridge.yaml"
-    config.write_text(f"gateway:\n  namespace: {GATEWAY_NS}\n" + linkerd.config)
-    doc = resolve_json(
-        capsys, "--config", str(config), "--source", f"dir:{linkerd.world}", "--timeout", "5"
-    )
+    """``token_file`` holds a token the CA refuses: ``resolve`` and ``/debug`` say so, naming
+    the audience and the service account; once the file holds ``good_token`` the route works.
+    """
+    account = f"{GATEWAY_NS}/{GATEWAY_SA}"
+    path = tmp_path / "meshbridge.yaml"
+    path.write_text(f"gateway:\n  namespace: {GATEWAY_NS}\n" + config)
+    doc = resolve_json(capsys, "--config", str(path), "--source", f"dir:{world}", "--timeout", "5")
     (row,) = doc["services"]
     assert row["routes"] == [] and row["left_out"]
-    (diag,) = [d for d in doc["other_diagnostics"] if d["code"] == "linkerd.token_rejected"]
-    assert diag["object"] == "Identity linkerd" and diag["message"].startswith(refused)
-    assert "audience identity.l5d.io" in diag["fix"] and f"{GATEWAY_NS}/{GATEWAY_SA}" in diag["fix"]
+    (diag,) = [d for d in doc["other_diagnostics"] if d["code"] == f"{mesh_name}.token_rejected"]
+    assert diag["object"] == f"Identity {mesh_name}" and diag["message"].startswith(refused)
+    assert f"audience {audience}" in diag["fix"] and account in diag["fix"]
 
-    with serve(tmp_path, linkerd.world, linkerd.config, gateway_namespace=GATEWAY_NS) as s:
+    with serve(tmp_path, world, config, gateway_namespace=GATEWAY_NS) as s:
         wait_for(
             lambda: refused in s.admin("/debug"),
             timeout=DEADLINE,
             what=f"/debug to show the refused token (log: {s.log()})",
         )
-        assert answer(s.gateway_port, "/cart")[0] == 404  # left out, never sent in plaintext
-        # A token for the right audience (kubelet refreshes the file): the retry succeeds.
-        linkerd.token_file.write_text(
-            linkerd.tokens.issue(GATEWAY_NS, GATEWAY_SA, ["identity.l5d.io"])
-        )
+        assert answer(s.gateway_port, route)[0] == 404  # left out, never sent in plaintext
+        # A token the CA accepts (kubelet refreshes the file): the retry succeeds.
+        token_file.write_text(good_token)
         wait_for(
-            lambda: answer(s.gateway_port, "/cart") == (200, GATEWAY_ID),
+            lambda: answer(s.gateway_port, route) == (200, peer),
             timeout=DEADLINE,
             what=f"the route once the token is accepted (log: {s.log()})",
         )
@@ -181,3 +194,52 @@ def test_refused_token_shows_in_resolve_and_debug_naming_audience_and_account(
             timeout=DEADLINE,
             what="/debug to drop the refusal",
         )
+
+
+def test_linkerd_refused_token_shows_in_resolve_and_debug_naming_audience_and_account(
+    tmp_path: Path, linkerd: LinkerdMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A token projected for the wrong audience: Linkerd identity refuses it.
+    linkerd.token_file.write_text(linkerd.tokens.issue(GATEWAY_NS, GATEWAY_SA, ["istio-ca"]))
+    refused_token_is_shown_then_healed(
+        tmp_path,
+        capsys,
+        world=linkerd.world,
+        config=linkerd.config,
+        token_file=linkerd.token_file,
+        good_token=linkerd.tokens.issue(GATEWAY_NS, GATEWAY_SA, ["identity.l5d.io"]),
+        mesh_name="linkerd",
+        refused=(
+            f"Linkerd identity refused the service-account token of {GATEWAY_NS}/{GATEWAY_SA} "
+            "(audience identity.l5d.io)"
+        ),
+        audience="identity.l5d.io",
+        route="/cart",
+        peer=GATEWAY_ID,
+    )
+
+
+def test_istio_refused_token_shows_in_resolve_and_debug_naming_audience_and_account(
+    tmp_path: Path, mesh: IstioMesh, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The Istio mesh of tests.wiring.test_istio, its token file replaced by one from an
+    # issuer istiod does not trust.
+    token_file = tmp_path / "istio-token"
+    good = token_file.read_text()
+    token_file.write_text(FakeTokenRequest().issue(GATEWAY_NS, GATEWAY_SA, ["istio-ca"]))
+    refused_token_is_shown_then_healed(
+        tmp_path,
+        capsys,
+        world=mesh.world,
+        config=mesh.config,
+        token_file=token_file,
+        good_token=good,
+        mesh_name="istio",
+        refused=(
+            f"istiod rejected the service-account token of {GATEWAY_NS}/{GATEWAY_SA} "
+            "(audience istio-ca)"
+        ),
+        audience="istio-ca",
+        route="/reviews",
+        peer=f"spiffe://cluster.local/ns/{GATEWAY_NS}/sa/{GATEWAY_SA}",
+    )
