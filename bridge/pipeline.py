@@ -58,12 +58,11 @@ def _collector_paused() -> Iterator[None]:
     young-generation pass, and every tenth of those an older one, which at
     this heap size keeps walking the World (millions of objects) and the new
     results for nothing: none of it is cyclic garbage, reference counting
-    frees what the build drops. Measured on the 10k-Service World: resolve +
-    translate + snapshot 2.9 s with the collector, 1.6 s without
-    (``bench/full_build.py``). The collector's pass over the new objects runs
-    once after the build, off the publishing path. Not ``gc.freeze``: frozen
-    objects are never collected again, and a long-running server must not
-    pin whatever cyclic garbage exists at that moment.
+    frees what the build drops. On the 10k-Service World this roughly halves
+    a full build (``docs/benchmarks.md``). The young generation is walked once
+    as the collector is re-enabled. Not ``gc.freeze``: frozen objects are
+    never collected again, and a long-running server must not pin whatever
+    cyclic garbage exists at that moment.
     """
     was_enabled = gc.isenabled()
     gc.disable()
