@@ -166,6 +166,10 @@ class _Ctx:
         return InvalidObject(self.where, obj, field, problem)
 
     def wrong(self, field: str, expected: str, got: Any) -> InvalidObject:
+        if self.kind == "Secret":
+            # Any field of a Secret may hold secret material (a token pasted
+            # as `data: <value>`): name the type, never the value.
+            return self.fail(field, f"expected {expected}, got {_tname(got)}")
         return self.fail(field, f"expected {expected}, got {_tname(got)} {_short(got)}")
 
 

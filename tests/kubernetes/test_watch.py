@@ -331,3 +331,22 @@ async def test_stop_ends_every_thread_and_watch(
     await asyncio.wait_for(src.stop(), 5)
     assert not [t for t in threading.enumerate() if t.name.startswith("reflector ")]
     await async_wait_for(lambda: kube.open_watches == 0, 5, what="watches closed on the server")
+
+
+async def test_bad_secret_is_a_diagnostic_without_its_value(
+    kube: KubeApiServer, store: Store, source_factory: Any
+) -> None:
+    good = secret("meshbridge", "consul-token", {"token": base64.b64encode(b"t0k").decode()})
+    kube.apply(good)
+    src: KubernetesSource = await source_factory(
+        namespaces=("meshbridge",), secrets=(("meshbridge", "consul-token"),)
+    )
+    await asyncio.wait_for(src.wait_synced(), 10)
+    bad = dict(good, data="czNjcjN0LXRva2Vu")  # the value pasted where a mapping belongs
+    kube.apply(bad)
+    w = await until(store, lambda w: bool(w.source_diagnostics), "diagnostic for the Secret")
+    (d,) = w.source_diagnostics
+    assert d.ref == ObjectRef(Kind.SECRET, "meshbridge", "consul-token") and d.field == "data"
+    assert "czNjcjN0LXRva2Vu" not in f"{d.message} {d.fix} {d!r}"
+    tok = w.secrets[ObjectRef(Kind.SECRET, "meshbridge", "consul-token")].data["token"]
+    assert tok.reveal() == b"t0k", "the last good Secret stays"

@@ -316,6 +316,42 @@ def test_bad_secret_value_is_named_without_echoing_it() -> None:
     assert "hunter2" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        pytest.param(
+            "data", "aHVudGVyMg==", "field data: expected a mapping, got string", id="data"
+        ),
+        pytest.param(
+            "data", ["aHVudGVyMg=="], "field data: expected a mapping, got list", id="data-list"
+        ),
+        pytest.param(
+            "data", {"token": 12345678}, "field data[token]: expected a base64 string", id="item"
+        ),
+        pytest.param(
+            "stringData", "hunter2", "field stringData: expected a mapping", id="string-data"
+        ),
+        pytest.param(
+            "stringData", {"token": ["hunter2"]}, "field stringData[token]", id="string-item"
+        ),
+        pytest.param("type", ["hunter2"], "field type: expected a string, got list", id="type"),
+    ],
+)
+def test_wrongly_typed_secret_fields_never_show_the_value(
+    field: str, value: Any, where: str
+) -> None:
+    d = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t", "namespace": "s"}}
+    d[field] = value
+    with pytest.raises(InvalidObject) as err:
+        parse_object(d, "sec.yaml")
+    text = str(err.value)
+    assert where in text and "Secret s/t" in text
+    for secret in ("hunter2", "aHVudGVyMg==", "12345678"):
+        assert secret not in text and secret not in err.value.problem
+    # The same message is what a watch turns into a diagnostic.
+    assert secret not in repr(err.value.args)
+
+
 def _with(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """Set a dotted path (list indexes as numbers) in a fresh copy of ``d``."""
     out = copy.deepcopy(d)
