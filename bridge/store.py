@@ -73,9 +73,14 @@ def consul_ref(key: ConsulServiceKey) -> ObjectRef:
     )
 
 
+# Namespaces and Nodes (cluster-scoped) are keyed by name alone in the World.
+# A set of members, not ``Kind.NAMESPACE`` per call: an enum member lookup on
+# the class costs more than the rest of this function (once per upsert).
+_BY_NAME = frozenset({Kind.NAMESPACE, Kind.NODE})
+
+
 def _key(ref: ObjectRef) -> Any:
-    # Namespaces and Nodes (cluster-scoped) are keyed by name alone in the World.
-    return ref.name if ref.kind is Kind.NAMESPACE or ref.kind is Kind.NODE else ref
+    return ref.name if ref.kind in _BY_NAME else ref
 
 
 class Store:

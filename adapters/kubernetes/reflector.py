@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,12 +56,14 @@ from adapters.kubernetes.client import (
 from bridge.errors import SourceError, SourceUnavailable
 from bridge.model.diagnostics import Diagnostic
 from bridge.model.k8s import K8sObject, Kind, ObjectRef
-from bridge.sources.convert import InvalidObject, parse_object
+from bridge.sources.convert import InvalidObject, parse_object, positional_maker
 
 log = logging.getLogger(__name__)
 
 # Watch events handed to the loop in one callback, at most.
 MAX_BATCH = 500
+
+_object_ref = positional_maker(ObjectRef)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,8 @@ class Reflector:
         seed: int | None = None,
     ) -> None:
         self.spec = spec
+        self._kind = spec.kind
+        self._cluster_scoped = spec.kind in (Kind.NAMESPACE, Kind.NODE)
         self._k = KIND_APIS[spec.kind]
         api_cls = getattr(k8s_client, self._k.api)
         self._api = api_cls(api_client)
@@ -427,6 +432,8 @@ class Reflector:
                     ev = json.loads(line)
                     etype = ev["type"]
                     raw = ev["object"]
+                    if type(raw) is not dict:
+                        raise TypeError(f"object is {type(raw).__name__}, not a mapping")
                 except (ValueError, KeyError, TypeError) as exc:
                     raise SourceUnavailable(f"{what}: malformed watch event: {exc}") from exc
                 if etype == "ERROR":
@@ -437,7 +444,9 @@ class Reflector:
                     if code == 410:
                         raise ResourceExpired(msg)
                     raise SourceUnavailable(msg)
-                md = raw.get("metadata") or {}
+                md = raw.get("metadata")
+                if type(md) is not dict:
+                    md = {}
                 new_rv = md.get("resourceVersion")
                 if etype == "BOOKMARK":
                     self.stats.bookmarks += 1
@@ -471,13 +480,15 @@ class Reflector:
                 spec, sink = self.spec, self._sink
                 self._post_or_stop(lambda: sink.changed(spec, items, diags))
 
-    def _ref(self, md: dict[str, Any]) -> ObjectRef | None:
-        name = md.get("name")
-        if not isinstance(name, str) or not name:
+    def _ref(self, md: Any) -> ObjectRef | None:
+        # Once per object on every list and watch event: no enum lookups here.
+        if type(md) is not dict:
             return None
-        ns = md.get("namespace") or ""
-        cluster_scoped = self.spec.kind is Kind.NAMESPACE or self.spec.kind is Kind.NODE
-        return ObjectRef(self.spec.kind, "" if cluster_scoped else ns, name)
+        name = md.get("name")
+        if type(name) is not str or not name:
+            return None
+        ns = "" if self._cluster_scoped else md.get("namespace") or ""
+        return _object_ref(self._kind, sys.intern(ns), sys.intern(name))
 
     def _convert(
         self,
