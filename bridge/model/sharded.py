@@ -13,7 +13,8 @@ but not sorted. Callers that need an order sort (as ``resolve`` does).
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
-from itertools import chain
+from itertools import chain, compress
+from operator import is_not
 from typing import Generic, TypeVar, overload
 
 K = TypeVar("K")
@@ -32,6 +33,65 @@ class ShardedMap(Mapping[K, V]):
     def __init__(self, shards: list[dict[K, V]], length: int) -> None:
         self._shards = shards
         self._len = length
+
+    @classmethod
+    def of(cls, items: Iterable[tuple[K, V]]) -> ShardedMap[K, V]:
+        """A new map of ``items`` (a later duplicate key wins), sharing nothing."""
+        shards: list[dict[K, V]] = [{} for _ in range(_SHARDS)]
+        for key, value in items:
+            shards[hash(key) & _MASK][key] = value
+        return cls(shards, sum(map(len, shards)))
+
+    def evolve(self, updates: Mapping[K, V], removals: Iterable[K] = ()) -> ShardedMap[K, V]:
+        """A new version: ``updates`` set, ``removals`` deleted (absent keys ignored).
+
+        Shares every shard neither touches with this version, so the cost is
+        in proportion to the change (one ~size/256-entry shard copy per touched
+        shard), not to the size of the map. ``self`` is unchanged.
+        """
+        shards = list(self._shards)
+        owned: set[int] = set()
+        length = self._len
+        for key, value in updates.items():
+            i = hash(key) & _MASK
+            if i not in owned:
+                shards[i] = dict(shards[i])
+                owned.add(i)
+            shard = shards[i]
+            if key not in shard:
+                length += 1
+            shard[key] = value
+        for key in removals:
+            i = hash(key) & _MASK
+            if key not in shards[i]:
+                continue
+            if i not in owned:
+                shards[i] = dict(shards[i])
+                owned.add(i)
+            del shards[i][key]
+            length -= 1
+        if not owned:
+            return self
+        return ShardedMap(shards, length)
+
+    def changed_since(self, base: ShardedMap[K, V]) -> list[K]:
+        """Keys added, removed, or whose value *is not* ``base``'s, in no set order.
+
+        Shards shared with ``base`` (the same dict object: neither map was
+        written there since one was made from the other with :meth:`evolve`)
+        are skipped by one identity comparison each, so two versions a small
+        change apart are compared in time proportional to that change.
+        """
+        if base is self:
+            return []
+        out: list[K] = []
+        mine, theirs = self._shards, base._shards
+        for i in compress(range(_SHARDS), map(is_not, mine, theirs)):
+            new, old = mine[i], theirs[i]
+            get = old.get
+            out.extend(k for k, v in new.items() if get(k, _MISSING) is not v)
+            out.extend(k for k in old if k not in new)
+        return out
 
     def __getitem__(self, key: K) -> V:
         return self._shards[hash(key) & _MASK][key]
@@ -77,6 +137,9 @@ class ShardedMap(Mapping[K, V]):
 
     def __repr__(self) -> str:
         return f"ShardedMap({self._len} entries)"
+
+
+_MISSING: object = object()
 
 
 class _ShardedValues(ValuesView[V]):
