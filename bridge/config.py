@@ -216,6 +216,14 @@ class ConsulConfig:
     # intentions: needed for Services with mesh consul.
     connect: bool = False
     identity_service: str = "meshbridge"
+    # Instead of ``connect``: "files:DIR", the gateway's Connect certificate,
+    # key and CA roots as files kept current by something else (cert-chain.pem,
+    # key.pem, root-cert.pem, like the other meshes' files mode).
+    identity: str = _checked("", _modes())
+    # The Connect trust domain ("<cluster id>.consul") for files:DIR; "" = the
+    # host of the SPIFFE ID in that certificate. (With ``connect`` it comes from
+    # the CA roots.)
+    trust_domain: str = ""
     # How often the intention check asks Consul again (intentions change
     # without touching the catalog).
     intention_check_interval_ms: int = _checked(60_000, _check_positive)
@@ -405,6 +413,12 @@ def config_from_dict(raw: Any, env: Mapping[str, str] | None = None) -> Config:
             f"{config.debounce.max_delay_ms} is less than hold_off_ms "
             f"({config.debounce.hold_off_ms}); the cap must be at least the hold-off",
             "debounce.max_delay_ms",
+        )
+    if config.consul.connect and config.consul.identity:
+        raise ConfigError(
+            "consul.connect obtains the gateway's Connect identity from Consul and "
+            f"consul.identity {config.consul.identity!r} reads it from files: choose one",
+            "consul.identity",
         )
     return _with_token_file(config)
 

@@ -195,13 +195,15 @@ def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
     """The providers of the gateway's mesh identities that this build can run.
 
     ``files:DIR`` modes (an istio-agent style ``OUTPUT_CERTS`` directory) for
-    Istio and Linkerd. Meshes with no provider here get a diagnostic on each
-    Service that needs them ("no identity for mesh ... yet"), never plaintext.
+    Istio, Linkerd and Consul (``consul.identity``). Meshes with no provider
+    here get a diagnostic on each Service that needs them ("no identity for
+    mesh ... yet"), never plaintext.
     """
     out = []
     for mesh, mode, trust_domain in (
         (Mesh.ISTIO, config.istio.identity, config.istio.trust_domain),
         (Mesh.LINKERD, config.linkerd.mode, config.linkerd.trust_domain),
+        (Mesh.CONSUL, config.consul.identity, config.consul.trust_domain),
     ):
         directory = files_dir(mode)
         if directory is not None:

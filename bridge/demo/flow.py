@@ -15,11 +15,9 @@ See :mod:`bridge.demo` for the story. The steps:
    rules (:mod:`bridge.demo.meshes`), in front of its backend.
 4. meshbridge: the world (EndpointSlices pointed at the backends and
    sidecars) through the directory source, the gateway's identities through
-   ``files:DIR`` providers — Istio and Linkerd from the config
-   (``istio.identity`` / ``linkerd.mode``: ``files:DIR``) exactly as ``serve``
-   builds them; Consul through the same :class:`FilesProvider` added here,
-   since the config has no files mode for Consul — the pipeline and the xDS
-   server, in process.
+   ``files:DIR`` providers from the config (``istio.identity``,
+   ``linkerd.mode``, ``consul.identity``: ``files:DIR``) exactly as ``serve``
+   builds them — the pipeline and the xDS server, in process.
 5. The gateway: a real Envoy from :func:`bridge.bootstrap.bootstrap_yaml`.
 6. Traffic: every route answers once; then a steady load runs on every route
    while the gateway's identity in every mesh is rotated (new certificate
@@ -55,6 +53,7 @@ from bridge.app import Bridge, wait_ready
 from bridge.bootstrap import bootstrap_yaml
 from bridge.config import (
     Config,
+    ConsulConfig,
     GatewayConfig,
     IstioConfig,
     LinkerdConfig,
@@ -121,13 +120,15 @@ def free_port() -> int:
 
 
 def demo_config(listen_port: int, agents: Path) -> Config:
-    """The bridge's config: the gateway's Istio and Linkerd identities in ``files:DIR`` mode."""
+    """The bridge's config: the gateway's identity in every mesh in ``files:DIR`` mode."""
     return Config(
         source="dir:.",
         xds=XdsConfig(address="127.0.0.1:0", allowed_node_ids=(NODE_ID,)),
         gateway=GatewayConfig(listeners=(ListenerConfig("http", listen_port, "127.0.0.1"),)),
         istio=IstioConfig(identity=f"files:{gateway_certs_dir(agents, Mesh.ISTIO)}"),
         linkerd=LinkerdConfig(mode=f"files:{gateway_certs_dir(agents, Mesh.LINKERD)}"),
+        # The Connect trust domain is read from the certificate's SPIFFE ID.
+        consul=ConsulConfig(identity=f"files:{gateway_certs_dir(agents, Mesh.CONSUL)}"),
     )
 
 
@@ -147,23 +148,11 @@ class _ProviderSource:
         await self.provider.run()
 
 
-def identity_providers(
-    store: Store, config: Config, agents: Path, cas: dict[Mesh, DemoMeshCa]
-) -> list[FilesProvider]:
-    """The gateway's identity providers: the config's (as ``serve``) plus Consul's."""
+def identity_providers(store: Store, config: Config) -> list[FilesProvider]:
+    """The gateway's identity providers, from the config as ``serve`` makes them."""
     from bridge.cli import identity_providers as from_config
 
-    providers = list(from_config(store, config))
-    if not any(p.mesh is Mesh.CONSUL for p in providers):
-        # The config has no files:DIR mode for Consul: the same provider, added here.
-        providers.append(
-            FilesProvider(
-                Mesh.CONSUL,
-                store,
-                gateway_certs_dir(agents, Mesh.CONSUL),
-                trust_domain=cas[Mesh.CONSUL].trust_domain,
-            )
-        )
+    providers = from_config(store, config)
     for p in providers:
         p.poll_interval = IDENTITY_POLL
     return providers
@@ -516,7 +505,7 @@ async def run(out: TextIO = sys.stdout, *, impostor: Mesh | None = None) -> int:
         providers: list[FilesProvider] = []
 
         def sources(store: Store) -> list[DirSource | _ProviderSource]:
-            providers.extend(identity_providers(store, config, agents, cas))
+            providers.extend(identity_providers(store, config))
             return [
                 DirSource(store, world, poll_interval=0.2),
                 *(_ProviderSource(p) for p in providers),

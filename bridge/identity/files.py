@@ -21,6 +21,7 @@ It only reads files; it never writes, and never logs key material.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -146,6 +147,10 @@ class FilesProvider(IdentityProvider):
                     trust_domain=self._trust_domain,
                     now=self.clock.now(),
                 )
+                if not self._trust_domain:
+                    material = dataclasses.replace(
+                        material, trust_domain=spiffe_trust_domain(material.leaf)
+                    )
             except IdentityError as exc:
                 raise _FileProblem(CERT_CHAIN, str(exc)) from exc
         except _FileProblem as problem:
@@ -184,9 +189,9 @@ class FilesProvider(IdentityProvider):
             private_key=self.current.private_key,
             trust_bundle_pem=roots,
             leaf=self.current.leaf,
-            trust_domain=self._trust_domain,
+            trust_domain=self.current.trust_domain,
         )
-        self.publish_trust(roots, self._trust_domain)
+        self.publish_trust(roots, self.current.trust_domain)
         self.trust_reloads += 1
         self._report(None)
         log.info("%s: loaded trust bundle from %s", self.ref, self.spec)
@@ -256,6 +261,14 @@ class _FileProblem(Exception):
         super().__init__(message)
         self.file = file
         self.message = message
+
+
+def spiffe_trust_domain(leaf: pki.CertInfo) -> str:
+    """The trust domain of the leaf's SPIFFE ID (``spiffe://DOMAIN/...``), or ""."""
+    for uri in leaf.uri_sans:
+        if uri.startswith("spiffe://"):
+            return uri.removeprefix("spiffe://").partition("/")[0]
+    return ""
 
 
 def files_dir(mode: str) -> Path | None:

@@ -21,10 +21,12 @@ import pytest
 import yaml
 
 from bridge.cli import main as cli_main
+from bridge.config import load_config
 from bridge.demo.backends import NameServer
 from bridge.demo.flow import Sidecar, demo_config, sidecar_bootstrap, sidecar_certificate
 from bridge.demo.meshes import DemoMeshCa, SdsFile, write_sds_certificate
 from bridge.demo.workloads import load_world, mesh_workloads
+from bridge.errors import ConfigError
 from bridge.model.ir import Mesh
 from tests.e2e.test_demo import REPO, processes_mentioning, table
 from tests.support.wait import free_port
@@ -146,3 +148,33 @@ def test_sidecar_keys_stay_in_private_files_never_in_bootstraps(tmp_path: Path) 
         assert "PRIVATE KEY" in path.read_text()
         boot = yaml.safe_dump(sidecar_bootstrap(side, ca, config, cert, admin_port=free_port()))
         assert "PRIVATE KEY" not in boot and cert.path in boot
+
+
+def test_consul_identity_from_files_takes_the_trust_domain_from_the_certificate(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ca = DemoMeshCa(Mesh.CONSUL, now=now - dt.timedelta(minutes=5))
+    issued = ca.issue("meshbridge", "meshbridge", now=now)
+    ca.write_output_certs(tmp_path / "consul", issued)
+    config = tmp_path / "meshbridge.yaml"
+    config.write_text(f"consul:\n  identity: files:{tmp_path / 'consul'}\n")
+    code = cli_main(["resolve", "--config", str(config), "--source", f"dir:{WORLD}", "-o", "json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    payments = {s["service"]: s for s in json.loads(out)["services"]}["payments/payments"]
+    td = ca.trust_domain
+    assert td and issued.info.uri_sans[0].startswith(f"spiffe://{td}/")
+    assert payments["mesh"] == "consul" and payments["routes"] == ["*/payments"]
+    assert payments["sni"] == [f"payments.default.dc1.internal.{td}"]
+    assert payments["verify_san"] == [f"URI:spiffe://{td}/ns/default/dc/dc1/svc/payments"]
+    expiry = issued.info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert payments["identity"] == [f"identity/consul (expires {expiry})"]
+    assert payments["diagnostics"] == []
+
+
+def test_consul_connect_and_files_identity_together_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "meshbridge.yaml"
+    config.write_text("consul:\n  connect: true\n  identity: files:/etc/consul-certs\n")
+    with pytest.raises(ConfigError, match=r"consul\.identity.*choose one"):
+        load_config(config)
