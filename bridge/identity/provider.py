@@ -49,8 +49,9 @@ def identity_fix(mesh: Mesh) -> str:
     """What to tell the user when a mesh has no identity."""
     if mesh is Mesh.CONSUL:
         return (
-            "set consul.connect: true and consul.address in the config file, and check "
-            "that the token may write service consul.identity_service"
+            "set consul.connect: true and consul.address in the config file (and check "
+            "that the token may write service consul.identity_service), or "
+            "consul.identity: files:DIR"
         )
     if mesh is Mesh.LINKERD:
         return "configure linkerd.mode (ca, sidecar or files:DIR) in the config file"
