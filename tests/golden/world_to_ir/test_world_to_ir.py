@@ -124,7 +124,8 @@ def plain(v: Any) -> Any:
     if isinstance(v, enum.Enum):
         return v.value
     if isinstance(v, Mapping):
-        return [plain(x) for x in v.values()]
+        # By key: IR maps iterate in no set order.
+        return [plain(v[k]) for k in sorted(v)]
     if isinstance(v, tuple | list | frozenset):
         return [plain(x) for x in v]
     return v
