@@ -78,7 +78,7 @@ from bridge.model.ir import (
     UpstreamKey,
     VirtualHost,
 )
-from bridge.model.k8s import Kind, ObjectRef
+from bridge.model.k8s import K8sService, Kind, ObjectRef
 from bridge.model.settings import ResolveSettings
 from bridge.model.sharded import ShardedMap
 from bridge.model.world import World
@@ -174,8 +174,8 @@ def resolve(
     # The order Services are resolved in does not matter: every output is a
     # map or is sorted on its own. Refs are unique keys already: a set is
     # needed only to merge two maps (ObjectRef hashes in Python).
-    refs: Collection[ObjectRef] = (
-        set(world.services).union(reuse_final) if reuse_final else world.services.keys()
+    refs: Collection[ObjectRef] | Mapping[ObjectRef, K8sService] = (
+        set(world.services).union(reuse_final) if reuse_final else world.services
     )
     return _build(
         world, settings, None, _empty_basis(settings), reuse_final, reuse_claimed, refs, None
@@ -289,10 +289,13 @@ def _build(
     base: _Basis,
     reuse_final: Mapping[ObjectRef, ServiceResolution],
     reuse_claimed: Mapping[ObjectRef, ServiceResolution],
-    affected: Collection[ObjectRef],
+    affected: Collection[ObjectRef] | Mapping[ObjectRef, K8sService],
     groups: _Groups | None,
 ) -> Resolved:
     """Re-resolve ``affected`` on top of ``base`` (empty for a full build).
+
+    ``affected`` may be ``world.services`` itself (every Service, found
+    without a lookup each: an ObjectRef hashes in Python).
 
     ``previous`` is None for a full build. ``reuse_*`` are earlier results,
     consulted only to hand back the very same object when a new one is equal.
@@ -319,9 +322,13 @@ def _build(
     new_claimed: dict[ObjectRef, ServiceResolution | None] = {}
     changed_pairs: set[_Pair] = set()
     service_of = world.services.get
-    for ref in affected:
+    todo: Iterable[tuple[ObjectRef, K8sService | None]] = (
+        affected.items()
+        if isinstance(affected, Mapping)
+        else ((ref, service_of(ref)) for ref in affected)
+    )
+    for ref, svc in todo:
         base_old = base_claimed.get(ref) or base_final.get(ref) if have_base else None
-        svc = service_of(ref)
         if svc is None:
             new_claimed[ref] = None
             if base_old is not None:
@@ -387,11 +394,16 @@ def _build(
     unlost: list[ObjectRef] = []
     finals_changed: list[tuple[ServiceResolution | None, ServiceResolution | None]] = []
     had_claimed = bool(base_claimed)
-    order = refinalize.union(new_claimed) if refinalize else affected
-    for ref in order:
-        src = new_claimed.get(ref, _ABSENT)
-        if src is _ABSENT:
-            src = base_claimed.get(ref) or base_final.get(ref)
+    # The claims of every host a full build has are still in ``changed_hosts``
+    # (plain dicts, read in C).
+    host_claims: Mapping[str, Mapping[str, tuple[Route, ...]]] = changed_hosts if full else claims
+    settle: Iterable[tuple[ObjectRef, object]] = (
+        [(ref, new_claimed.get(ref, _ABSENT)) for ref in refinalize.union(new_claimed)]
+        if refinalize
+        else new_claimed.items()
+    )
+    for ref, claim in settle:
+        src = base_claimed.get(ref) or base_final.get(ref) if claim is _ABSENT else claim
         prev_final = base_final.get(ref) if have_base else None
         lost = False
         if src is None:
@@ -399,7 +411,7 @@ def _build(
             final = None
         else:
             assert isinstance(src, ServiceResolution)
-            final = _settle(world, src, claims)
+            final = _settle(world, src, host_claims)
             lost = final is not src
             if have_reuse:
                 old = reuse_final.get(ref)
@@ -508,7 +520,9 @@ def _same(old: Upstream | None, new: Upstream) -> Upstream:
     return old if old is not None and old == new else new
 
 
-def _settle(world: World, sr: ServiceResolution, claims: _Claims) -> ServiceResolution:
+def _settle(
+    world: World, sr: ServiceResolution, claims: Mapping[str, Mapping[str, tuple[Route, ...]]]
+) -> ServiceResolution:
     """``sr`` minus the routes another Service won, with an ERROR per lost route."""
     lost: list[tuple[Route, ObjectRef]] = []
     ref = sr.ref
