@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import ConsistencyError
 from bridge.model.frozen import FrozenDict
-from bridge.server.cache import AccessPolicy, Snapshot, SnapshotCache
+from bridge.model.sharded import ShardedMap
+from bridge.server.cache import AccessPolicy, Entry, Snapshot, SnapshotCache
 from bridge.server.wire import (
     encode_any,
     encode_delta_response,
@@ -204,3 +208,189 @@ def test_changed_messages_are_found_whatever_the_name_order(reorder: bool) -> No
     assert s2.changed == {ENDPOINT: frozenset({"b"})}
     assert s2.entries(ENDPOINT)["a"] is s1.entries(ENDPOINT)["a"]
     assert s2.version(ENDPOINT) == Snapshot.from_resources(r2).version(ENDPOINT)
+
+
+# -- sharded sources: the snapshot evolves with them --------------------------
+
+
+def sharded(r: Resources, *types: str) -> Resources:
+    """``r`` with the mappings of ``types`` as ShardedMaps (as translation makes them)."""
+    return Resources(
+        FrozenDict({t: ShardedMap.of(m.items()) if t in types else m for t, m in r.by_type.items()})
+    )
+
+
+def evolve(r: Resources, type_url: str, updates: Mapping[str, Message], *gone: str) -> Resources:
+    source = r.of(type_url)
+    assert isinstance(source, ShardedMap)
+    return Resources(FrozenDict({**r.by_type, type_url: source.evolve(updates, gone)}))
+
+
+def shards(entries: Mapping[str, Entry]) -> list[dict[str, Entry]]:
+    assert isinstance(entries, ShardedMap)
+    return list(entries._shards)
+
+
+def big_world(n: int = 600) -> Resources:
+    return resources(
+        *(cluster(f"c{i}") for i in range(n)),
+        *(cla(f"c{i}", [(f"10.0.{i // 250}.{i % 250}", 80)]) for i in range(n)),
+    )
+
+
+def assert_same_as_fresh(snap: Snapshot, r: Resources) -> None:
+    """What an incremental build holds is what a build from nothing holds."""
+    fresh = Snapshot.from_resources(r)
+    assert set(snap.types) == set(fresh.types)
+    for t in fresh.types:
+        assert snap.version(t) == fresh.version(t)
+        mine, theirs = snap.entries(t), fresh.entries(t)
+        assert {n: e.version for n, e in mine.items()} == {n: e.version for n, e in theirs.items()}
+        assert all(e.message is r.of(t)[n] for n, e in mine.items())
+    assert snap.dangling == fresh.dangling
+    assert dict(snap.ref_counts) == dict(fresh.ref_counts)
+
+
+def test_one_change_of_a_sharded_source_copies_one_shard_of_entries() -> None:
+    r1 = sharded(big_world(), CLUSTER, ENDPOINT)
+    s1 = Snapshot.from_resources(r1)
+    r2 = evolve(r1, ENDPOINT, {"c7": cla("c7", [("10.9.9.9", 80)])})
+    s2 = Snapshot.from_resources(r2, s1)
+    assert s2.changed == {ENDPOINT: frozenset({"c7"})}
+    assert s2.types[CLUSTER] is s1.types[CLUSTER]
+    before, after = shards(s1.entries(ENDPOINT)), shards(s2.entries(ENDPOINT))
+    unshared = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a is not b]
+    assert len(unshared) == 1
+    assert "c7" in after[unshared[0]]
+    assert s2.entries(ENDPOINT)["c7"].version != s1.entries(ENDPOINT)["c7"].version
+    assert s2.entries(ENDPOINT)["c8"] is s1.entries(ENDPOINT)["c8"]
+    assert s1.entries(ENDPOINT)["c7"].message is r1.of(ENDPOINT)["c7"]  # s1 untouched
+    assert_same_as_fresh(s2, r2)
+
+
+def test_a_sharded_source_with_the_same_content_in_a_new_object_changes_nothing() -> None:
+    r1 = sharded(big_world(50), CLUSTER, ENDPOINT)
+    s1 = Snapshot.from_resources(r1)
+    again = cla("c3", [("10.0.0.3", 80)])
+    s2 = Snapshot.from_resources(evolve(r1, ENDPOINT, {"c3": again}), s1)
+    assert s2.changed == {}
+    assert s2.version(ENDPOINT) == s1.version(ENDPOINT)
+    assert s2.entries(ENDPOINT)["c3"].message is again  # the next build compares with it
+
+
+def test_removals_from_sharded_sources_are_seen_and_checked() -> None:
+    r1 = sharded(big_world(50), CLUSTER, ENDPOINT)
+    s1 = Snapshot.from_resources(r1)
+    # The load assignment goes but its cluster stays: inconsistent.
+    r2 = evolve(r1, ENDPOINT, {}, "c4")
+    s2 = Snapshot.from_resources(r2, s1)
+    assert s2.changed == {ENDPOINT: frozenset({"c4"})}
+    assert "c4" not in s2.entries(ENDPOINT)
+    assert len(s2.entries(ENDPOINT)) == 49
+    with pytest.raises(ConsistencyError, match="cluster 'c4' needs cluster load assignment 'c4'"):
+        s2.check_consistency()
+    assert_same_as_fresh(s2, r2)
+    # The cluster goes too: consistent again.
+    r3 = evolve(r2, CLUSTER, {}, "c4", "not-there")
+    s3 = Snapshot.from_resources(r3, s2)
+    s3.check_consistency()
+    assert s3.changed == {CLUSTER: frozenset({"c4"})}
+    assert_same_as_fresh(s3, r3)
+    # Both come back.
+    r4 = evolve(evolve(r3, CLUSTER, {"c4": cluster("c4")}), ENDPOINT, {"c4": cla("c4", [])})
+    s4 = Snapshot.from_resources(r4, s3)
+    s4.check_consistency()
+    assert s4.changed == {CLUSTER: frozenset({"c4"}), ENDPOINT: frozenset({"c4"})}
+    assert_same_as_fresh(s4, r4)
+
+
+def test_plain_and_sharded_sources_follow_each_other() -> None:
+    plain1 = big_world(80)
+    s1 = Snapshot.from_resources(sharded(plain1, CLUSTER, ENDPOINT))
+    # A plain mapping after a sharded one.
+    plain2 = resources(cla("c1", [("10.1.1.1", 80)]), base=plain1)
+    s2 = Snapshot.from_resources(plain2, s1)
+    assert s2.changed == {ENDPOINT: frozenset({"c1"})}
+    assert s2.entries(ENDPOINT)["c2"] is s1.entries(ENDPOINT)["c2"]
+    assert not isinstance(s2.entries(ENDPOINT), ShardedMap)
+    assert_same_as_fresh(s2, plain2)
+    # A sharded one after a plain one (made afresh, sharing nothing), with a removal.
+    r3 = evolve(sharded(plain2, ENDPOINT), ENDPOINT, {"c2": cla("c2", [])}, "c3")
+    s3 = Snapshot.from_resources(r3, s2)
+    assert s3.changed == {ENDPOINT: frozenset({"c2", "c3"})}
+    assert isinstance(s3.entries(ENDPOINT), ShardedMap)
+    assert s3.entries(ENDPOINT)["c5"] is s1.entries(ENDPOINT)["c5"]
+    assert_same_as_fresh(s3, r3)
+    # Two sharded sources that share nothing: compared in full, still exact.
+    r4 = sharded(
+        resources(cla("c9", [("10.2.2.2", 80)]), base=without(plain2, ENDPOINT, "c3")), ENDPOINT
+    )
+    s4 = Snapshot.from_resources(r4, s3)
+    assert s4.changed == {ENDPOINT: frozenset({"c2", "c9"})}
+    assert_same_as_fresh(s4, r4)
+
+
+def test_equal_content_under_two_names_does_not_cancel_out() -> None:
+    # A resource whose own name field is not its key: the key goes into its mix.
+    same = cla("shared", [("10.0.0.1", 80)])
+    empty = Snapshot.from_resources(Resources(FrozenDict({ENDPOINT: FrozenDict()})))
+    both = Snapshot.from_resources(
+        Resources(FrozenDict({ENDPOINT: FrozenDict({"a": same, "b": same})}))
+    )
+    one = Snapshot.from_resources(Resources(FrozenDict({ENDPOINT: FrozenDict({"a": same})})))
+    assert len({empty.version(ENDPOINT), both.version(ENDPOINT), one.version(ENDPOINT)}) == 3
+    assert both.entries(ENDPOINT)["a"].version == both.entries(ENDPOINT)["b"].version
+
+
+def test_entries_keep_secrets_out_of_their_text_and_compare_by_identity() -> None:
+    snap = Snapshot.from_resources(resources(secret("id", ca_pem="PRIVATE-KEY-MATERIAL")))
+    e = snap.entries(SECRET)["id"]
+    assert "PRIVATE" not in repr(e) and "id" in repr(e)
+    twin = Snapshot.from_resources(resources(secret("id", ca_pem="PRIVATE-KEY-MATERIAL")))
+    assert e != twin.entries(SECRET)["id"]
+    assert len({e, e, twin.entries(SECRET)["id"]}) == 2
+
+
+# One step of a random history: (sharded?, {name: port or None (removed)}).
+_steps = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.dictionaries(
+            st.sampled_from([f"c{i}" for i in range(12)]),
+            st.none() | st.integers(1, 3),
+            max_size=5,
+        ),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_steps)
+def test_incremental_snapshots_equal_fresh_ones_whatever_the_history(
+    steps: list[tuple[bool, dict[str, int | None]]],
+) -> None:
+    plain: dict[str, Message] = {}
+    source: Mapping[str, Message] = FrozenDict()
+    snap: Snapshot | None = None
+    for use_sharded, change in steps:
+        updates = {n: cla(n, [("10.0.0.1", p)]) for n, p in change.items() if p is not None}
+        gone = [n for n, p in change.items() if p is None]
+        before = {n: m.SerializeToString() for n, m in plain.items()}
+        plain.update(updates)
+        for n in gone:
+            plain.pop(n, None)
+        if use_sharded and isinstance(source, ShardedMap):
+            source = source.evolve(updates, gone)
+        elif use_sharded:
+            source = ShardedMap.of(plain.items())
+        else:
+            source = FrozenDict(plain)
+        r = Resources(FrozenDict({ENDPOINT: source}))
+        previous, snap = snap, Snapshot.from_resources(r, snap)
+        assert_same_as_fresh(snap, r)
+        if previous is not None:
+            after = {n: m.SerializeToString() for n, m in plain.items()}
+            differ = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+            assert snap.changed.get(ENDPOINT, frozenset()) == differ
