@@ -46,6 +46,7 @@ import hashlib
 import ipaddress
 import itertools
 import logging
+import operator
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -83,6 +84,8 @@ _MAX_INFLIGHT = 64
 _MAX_REJECTED = 50_000
 # Distinct requested name sets shared between streams (see AdsServer.shared_names).
 _MAX_SHARED_NAME_SETS = 64
+_BY_NAME = operator.attrgetter("name")
+_ANY_BYTES = operator.attrgetter("any_bytes")
 
 
 class XdsObserver(Protocol):
@@ -585,6 +588,16 @@ class _Stream:
             chosen: Sequence[Entry] = ()
             view = "*" + snap.version(ts.type_url)
         else:
+            if (
+                changed_names is not None
+                and ts.view
+                and not ts.dirty
+                and not ts.look_all
+                and changed_names.isdisjoint(ts.names)
+            ):
+                # None of the names asked for changed since the last reply's snapshot and
+                # the names did not change: the reply would be the last one again.
+                return None
             chosen = [entries[n] for n in sorted(ts.names) if n in entries]
             # A digest, not the text: a named full-state request may name thousands.
             signature = hashlib.sha256()
@@ -592,6 +605,7 @@ class _Stream:
                 signature.update(f"{e.name}@{e.version}|".encode())
             signature.update(",".join(sorted(ts.names)).encode())
             view = signature.hexdigest()
+        ts.look_all = False  # the view above looked at every name
         if view in (ts.view, ts.rejected_view):
             ts.dirty.clear()
             return None
@@ -780,14 +794,16 @@ class AdsServer:
         self._bodies: dict[str, tuple[Mapping[str, Entry], bytes, int]] = {}
 
     def full_body(self, type_url: str, entries: Mapping[str, Entry]) -> tuple[bytes, int]:
-        """Every entry of ``entries`` as encoded ``resources`` fields, and how many."""
+        """Every entry of ``entries`` as encoded ``resources`` fields, and how many.
+
+        In name order: a snapshot's entries come in no set order (by hash shard),
+        and the same set should make the same bytes in every process. Made once
+        per entries object, shared by every stream serving them.
+        """
         cached = self._bodies.get(type_url)
         if cached is None or cached[0] is not entries:
-            cached = (
-                entries,
-                encode_resources(e.any_bytes for e in entries.values()),
-                len(entries),
-            )
+            ordered = sorted(entries.values(), key=_BY_NAME)
+            cached = (entries, encode_resources(map(_ANY_BYTES, ordered)), len(ordered))
             self._bodies[type_url] = cached
         return cached[1], cached[2]
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from bridge.errors import ConsistencyError
+from bridge.model.frozen import FrozenDict
+from bridge.model.sharded import ShardedMap
 from bridge.server import ads as ads_module
 from bridge.server.ads import private_transport
 from bridge.server.cache import AccessPolicy, Snapshot
@@ -418,3 +421,67 @@ async def test_status_shows_each_connected_node(harness: Harness) -> None:
 )
 def test_which_transports_may_carry_secrets(peer: str, mtls: bool, private: bool) -> None:
     assert private_transport(peer, mtls) is private
+
+
+def sharded_world(n: int = 40) -> Resources:
+    """Clusters and load assignments as ShardedMaps, as translation hands them over."""
+    r = resources(
+        *(cluster(f"c{i:02d}") for i in range(n)),
+        *(cla(f"c{i:02d}", [("10.0.0.1", 80 + i)]) for i in range(n)),
+    )
+    return Resources(FrozenDict({t: ShardedMap.of(m.items()) for t, m in r.by_type.items()}))
+
+
+def evolve(r: Resources, type_url: str, updates: dict[str, Message], *gone: str) -> Resources:
+    source = r.of(type_url)
+    assert isinstance(source, ShardedMap)
+    return Resources(FrozenDict({**r.by_type, type_url: source.evolve(updates, gone)}))
+
+
+async def test_sharded_sources_serve_full_sets_in_name_order_and_changes_alone(
+    harness: Harness,
+) -> None:
+    w = World(harness, sharded_world())
+    s = harness.sotw()
+    await s.send(CLUSTER)
+    r1 = await s.recv()
+    expected = [f"c{i:02d}" for i in range(40)]
+    assert names(r1) == expected  # by name, whatever the shards' order
+    await s.ack(r1)
+    await s.send(ENDPOINT, expected)
+    r2 = await s.recv()
+    assert sorted(names(r2)) == expected
+    await s.ack(r2, expected)
+    w.set(evolve(w.resources, ENDPOINT, {"c17": cla("c17", [("10.9.9.9", 80)])}))
+    r3 = await s.recv()
+    assert (r3.type_url, names(r3)) == (ENDPOINT, ["c17"])
+    await s.ack(r3, expected)
+    await s.nothing()
+    w.set(evolve(evolve(w.resources, CLUSTER, {}, "c03"), ENDPOINT, {}, "c03"))
+    r4 = await s.recv()
+    assert (r4.type_url, names(r4)) == (CLUSTER, [n for n in expected if n != "c03"])
+
+
+async def test_a_named_full_state_subscription_answers_only_changes_to_its_names(
+    harness: Harness,
+) -> None:
+    w = World(harness, base())
+    s = harness.sotw()
+    await s.send(CLUSTER, ["a"])
+    r1 = await s.recv()
+    assert names(r1) == ["a"]
+    await s.ack(r1, ["a"])
+    w.set(resources(cluster("b", connect_timeout_s=7), base=w.resources))
+    await s.nothing()  # b changed, but it was not asked for
+    w.set(resources(cluster("a", connect_timeout_s=9), base=w.resources))
+    r2 = await s.recv()
+    assert names(r2) == ["a"]
+    await s.ack(r2, ["a", "b"])
+    r3 = await s.recv()
+    assert sorted(names(r3)) == ["a", "b"]  # a newly named one: the full named set
+    await s.ack(r3, ["b"])
+    r4 = await s.recv()
+    assert names(r4) == ["b"]  # a dropped from the names: the set without it
+    await s.ack(r4, ["b"])
+    w.set(resources(cluster("a", connect_timeout_s=3), base=w.resources))
+    await s.nothing()
