@@ -7,11 +7,17 @@ dicts never get past the adapter (or the directory source) that read them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from bridge.model.frozen import EMPTY, FrozenDict
+from bridge.model.frozen import EMPTY, FrozenDict, frozen_maker
 from bridge.model.secrets import SecretBytes
+
+if TYPE_CHECKING:
+    from bridge.model.ir import Endpoint
 
 
 class Kind(StrEnum):
@@ -91,8 +97,18 @@ class SliceEndpoint:
     hostname: str | None = None
 
 
+_NO_READY: Mapping[str, tuple[Endpoint, ...]] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class K8sEndpointSlice:
+    """An EndpointSlice, with the facts every build reads precomputed once (``__post_init__``).
+
+    ``ready_by_port`` and ``pod_names`` are derived from the other fields
+    (not compared, not printed): a full build reads them for every slice,
+    so they are worked out once per object here rather than once per build.
+    """
+
     namespace: str
     name: str
     service_name: str  # label kubernetes.io/service-name
@@ -100,10 +116,60 @@ class K8sEndpointSlice:
     ports: tuple[EndpointPort, ...] = ()
     endpoints: tuple[SliceEndpoint, ...] = ()
     labels: FrozenDict[str, str] = EMPTY
+    # Port name → the ready, non-terminating endpoints on that port, as the IR
+    # Endpoints resolve hands out: deduplicated, sorted (address, port, zone).
+    # The first slice port of a name wins; empty for a non-IP address type.
+    ready_by_port: Mapping[str, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
+    # The endpoints' targetRef Pod names: distinct, non-empty, sorted.
+    pod_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _set_ready_by_port(self, _ready_by_port(self))
+        names = {e.target_pod for e in self.endpoints if e.target_pod}
+        _set_pod_names(self, tuple(sorted(names)) if names else ())
 
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef(Kind.ENDPOINT_SLICE, self.namespace, self.name)
+
+
+# Slot stores for the derived fields (what ``object.__setattr__`` would do on
+# a frozen dataclass, without its per-call name lookup).
+_set_ready_by_port = K8sEndpointSlice.__dict__["ready_by_port"].__set__
+_set_pod_names = K8sEndpointSlice.__dict__["pod_names"].__set__
+
+
+def _ready_by_port(s: K8sEndpointSlice) -> Mapping[str, tuple[Endpoint, ...]]:
+    if not s.ports or s.address_type not in ("IPv4", "IPv6"):
+        return _NO_READY
+    # Plain (address, zone) tuples deduplicate and sort in C; the Endpoints
+    # are made once per port at the end. Addresses of one endpoint are
+    # fungible; the first is the one kube-proxy uses.
+    ready = sorted(
+        {
+            (e.addresses[0], e.zone or "")
+            for e in s.endpoints
+            if e.ready and not e.terminating and e.addresses
+        }
+    )
+    make = _endpoint_of or _endpoint_maker()
+    out: dict[str, tuple[Endpoint, ...]] = {}
+    for p in s.ports:
+        if p.name not in out:
+            number = p.port
+            out[p.name] = tuple([make(address, number, zone) for address, zone in ready])
+    return MappingProxyType(out)
+
+
+_endpoint_of: Callable[[str, int, str], Endpoint] | None = None
+
+
+def _endpoint_maker() -> Callable[[str, int, str], Endpoint]:
+    global _endpoint_of
+    from bridge.model.ir import Endpoint  # not at the top: ir imports this module
+
+    _endpoint_of = frozen_maker(Endpoint)
+    return _endpoint_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +183,19 @@ class K8sNamespace:
         return ObjectRef(Kind.NAMESPACE, "", self.name)
 
 
+# The label and annotation keys that mark a Pod as injected into a mesh
+# (``bridge.resolve.mesh.POD_MARKERS`` says which value means which mesh and
+# checks at import that its keys are these).
+POD_MESH_LABEL_KEYS = frozenset(
+    {
+        "security.istio.io/tlsMode",
+        "linkerd.io/control-plane-ns",
+        "consul.hashicorp.com/connect-inject-status",
+    }
+)
+POD_MESH_ANNOTATION_KEYS = frozenset({"linkerd.io/inject", "consul.hashicorp.com/connect-inject"})
+
+
 @dataclass(frozen=True, slots=True)
 class K8sPod:
     namespace: str
@@ -126,10 +205,29 @@ class K8sPod:
     service_account: str = "default"
     pod_ips: tuple[str, ...] = ()
     node_name: str | None = None
+    # Whether any mesh marker key (POD_MESH_*_KEYS) is present, whatever its
+    # value: derived once per object (not compared, not printed), so mesh
+    # detection skips an unmarked Pod at one attribute read.
+    mesh_marked: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        labels, annotations = self.labels, self.annotations
+        _set_mesh_marked(
+            self,
+            not (
+                (labels is EMPTY or POD_MESH_LABEL_KEYS.isdisjoint(labels.keys()))
+                and (
+                    annotations is EMPTY or POD_MESH_ANNOTATION_KEYS.isdisjoint(annotations.keys())
+                )
+            ),
+        )
 
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef(Kind.POD, self.namespace, self.name)
+
+
+_set_mesh_marked = K8sPod.__dict__["mesh_marked"].__set__
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ Pure: no I/O, no clocks, no environment.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ from typing import Any
 import yaml
 
 from bridge.model.diagnostics import Diagnostic, Severity, annotation_field
+from bridge.model.frozen import frozen_maker
 from bridge.model.ir import Mesh, Resolver
-from bridge.model.k8s import K8sNamespace, K8sService, ObjectRef, ServicePort
+from bridge.model.k8s import K8sNamespace, K8sService, ServicePort
 
 PREFIX = "meshbridge.io/"
 PREFIX_KEY = PREFIX + "prefix"
@@ -74,6 +76,7 @@ SERVICE_KEYS: tuple[str, ...] = (
     ROUTES_KEY,
 )
 NAMESPACE_KEYS: tuple[str, ...] = (RESOLVER_KEY, MESH_KEY)
+_SERVICE_KEY_SET = frozenset(SERVICE_KEYS)
 _SINGLE_ROUTE_KEYS = (HOST_KEY, PORT_KEY, REWRITE_KEY, TIMEOUT_KEY)
 ROUTE_ENTRY_KEYS: tuple[str, ...] = ("prefix", "host", "port", "rewrite", "timeout")
 
@@ -124,6 +127,11 @@ class NamespaceSpec:
 
 NOT_EXPOSED = ServiceSpec()
 NO_DEFAULTS = NamespaceSpec()
+
+# Positional makers (fields in declaration order): one of each per exposed
+# Service in a full build, made without the frozen ``__init__``.
+_route_spec_of = frozen_maker(RouteSpec)
+_service_spec_of = frozen_maker(ServiceSpec)
 
 
 # -- durations -----------------------------------------------------------------
@@ -191,8 +199,13 @@ _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _PATH_BAD = re.compile(r"[\s?#]")
 
 
+@functools.lru_cache(maxsize=4096)
 def check_host(value: str) -> tuple[str | None, str]:
-    """``(normalised host, "")`` or ``(None, what is wrong)``."""
+    """``(normalised host, "")`` or ``(None, what is wrong)``.
+
+    Memoised (a pure function of a string): many Services name the same
+    host, and a full build checks every one.
+    """
     host = value.strip().lower()
     if host == "*":
         return host, ""
@@ -227,12 +240,12 @@ def _choices(values: type[Resolver] | type[Mesh]) -> str:
 
 
 class _Diags:
-    """Collects diagnostics for one object."""
+    """Collects diagnostics for one object (its ref is made only for the first one)."""
 
-    __slots__ = ("items", "ref")
+    __slots__ = ("items", "of")
 
-    def __init__(self, ref: ObjectRef) -> None:
-        self.ref = ref
+    def __init__(self, of: K8sService | K8sNamespace) -> None:
+        self.of = of
         self.items: list[Diagnostic] = []
 
     def add(
@@ -243,7 +256,7 @@ class _Diags:
         severity: Severity = Severity.ERROR,
         code: str = INVALID,
     ) -> None:
-        self.items.append(Diagnostic(self.ref, field, message, fix, severity, code))
+        self.items.append(Diagnostic(self.of.ref, field, message, fix, severity, code))
 
     def enum(self, key: str, value: str, kind: type[Resolver] | type[Mesh]) -> Any:
         try:
@@ -287,7 +300,7 @@ def parse_namespace(ns: K8sNamespace) -> tuple[NamespaceSpec, tuple[Diagnostic, 
     ann = ns.annotations
     if not _has_ours(ann):
         return NO_DEFAULTS, ()
-    d = _Diags(ns.ref)
+    d = _Diags(ns)
     d.unknown_keys(ann, NAMESPACE_KEYS, "Namespace")
     resolver = d.enum(RESOLVER_KEY, ann[RESOLVER_KEY], Resolver) if RESOLVER_KEY in ann else None
     mesh = d.enum(MESH_KEY, ann[MESH_KEY], Mesh) if MESH_KEY in ann else None
@@ -300,14 +313,22 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
     The spec is returned even when there are ERROR diagnostics (so callers can
     still show what was understood); an ERROR means the Service is left out.
     """
-    ann = svc.annotations
-    if not _has_ours(ann):
+    annotations = svc.annotations
+    if not annotations:
         return NOT_EXPOSED, ()  # the common case, kept cheap
-    d = _Diags(svc.ref)
-    d.unknown_keys(ann, SERVICE_KEYS, "Service")
+    # Our keys as a plain dict: every lookup below is then a C-level one.
+    ann = {k: v for k, v in annotations.items() if k.startswith(PREFIX)}
+    if not ann:
+        return NOT_EXPOSED, ()
+    d = _Diags(svc)
+    if not _SERVICE_KEY_SET.issuperset(ann):
+        d.unknown_keys(annotations, SERVICE_KEYS, "Service")
 
-    resolver = d.enum(RESOLVER_KEY, ann[RESOLVER_KEY], Resolver) if RESOLVER_KEY in ann else None
-    mesh = d.enum(MESH_KEY, ann[MESH_KEY], Mesh) if MESH_KEY in ann else None
+    get = ann.get
+    value = get(RESOLVER_KEY)
+    resolver = d.enum(RESOLVER_KEY, value, Resolver) if value is not None else None
+    value = get(MESH_KEY)
+    mesh = d.enum(MESH_KEY, value, Mesh) if value is not None else None
     consul_service = _consul_name(d, ann, CONSUL_SERVICE_KEY)
     consul_dc = _consul_name(d, ann, CONSUL_DATACENTER_KEY)
 
@@ -330,10 +351,10 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
             d,
             svc,
             prefix=ann[PREFIX_KEY],
-            host=ann.get(HOST_KEY),
-            port=ann.get(PORT_KEY),
-            rewrite=ann.get(REWRITE_KEY),
-            timeout=ann.get(TIMEOUT_KEY),
+            host=get(HOST_KEY),
+            port=get(PORT_KEY),
+            rewrite=get(REWRITE_KEY),
+            timeout=get(TIMEOUT_KEY),
             field=_annotation_key_field,
         )
         if route is not None:
@@ -348,7 +369,7 @@ def parse_service(svc: K8sService) -> tuple[ServiceSpec, tuple[Diagnostic, ...]]
                     Severity.WARNING,
                     IGNORED,
                 )
-    spec = ServiceSpec(tuple(routes), resolver, mesh, consul_service, consul_dc, exposed)
+    spec = _service_spec_of(tuple(routes), resolver, mesh, consul_service, consul_dc, exposed)
     return spec, tuple(d.items)
 
 
@@ -523,7 +544,7 @@ def _parse_route(
     port_ok, service_port = _pick_port(d, svc, port, field("port"))
     if not (ok and port_ok):
         return None
-    return RouteSpec(prefix, norm_host, service_port, rewrite, timeout_ms)
+    return _route_spec_of(prefix, norm_host, service_port, rewrite, timeout_ms)
 
 
 def _port_text(p: ServicePort) -> str:

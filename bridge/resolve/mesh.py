@@ -20,14 +20,21 @@ Pure: reads the World, does no I/O.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from bridge.model.diagnostics import Diagnostic, Severity
-from bridge.model.frozen import EMPTY
 from bridge.model.ir import Mesh
-from bridge.model.k8s import K8sEndpointSlice, K8sNamespace, K8sPod, K8sService
+from bridge.model.k8s import (
+    POD_MESH_ANNOTATION_KEYS,
+    POD_MESH_LABEL_KEYS,
+    K8sEndpointSlice,
+    K8sNamespace,
+    K8sPod,
+    K8sService,
+)
 from bridge.model.settings import ResolveSettings
 from bridge.model.world import World
 from bridge.resolve.annotations import MESH_KEY
@@ -80,18 +87,17 @@ def _markers(
 
 _POD_LABEL_KEYS = frozenset(key for _, where, key, _ in POD_MARKERS if where == _LABEL)
 _POD_ANNOTATION_KEYS = frozenset(key for _, where, key, _ in POD_MARKERS if where == _ANNOTATION)
+# A Pod works out once (K8sPod.mesh_marked) whether it carries any of the
+# model's marker keys; detection trusts that flag only while the keys agree.
+if (_POD_LABEL_KEYS, _POD_ANNOTATION_KEYS) != (POD_MESH_LABEL_KEYS, POD_MESH_ANNOTATION_KEYS):
+    raise ImportError(
+        "POD_MARKERS and bridge.model.k8s.POD_MESH_*_KEYS name different keys; keep them equal"
+    )
 
 
 def has_pod_markers(pod: K8sPod) -> bool:
     """Whether ``pod`` carries any mesh marker key (a cheap pre-check of :func:`pod_markers`)."""
-    # Auto detection reads every endpoint pod (100k at 10k Services): the
-    # shared empty map is ruled out by identity, anything else by two
-    # C-level set checks over the maps' keys, before any reason text.
-    labels, annotations = pod.labels, pod.annotations
-    return not (
-        (labels is EMPTY or _POD_LABEL_KEYS.isdisjoint(labels.keys()))
-        and (annotations is EMPTY or _POD_ANNOTATION_KEYS.isdisjoint(annotations.keys()))
-    )
+    return pod.mesh_marked
 
 
 def pod_markers(pod: K8sPod) -> dict[Mesh, str]:
@@ -105,7 +111,7 @@ def namespace_markers(ns: K8sNamespace) -> dict[Mesh, str]:
     return _markers(ns.labels, ns.annotations, NAMESPACE_MARKERS, f"namespace {ns.name}")
 
 
-_TARGET_POD = operator.attrgetter("target_pod")
+_MESH_MARKED = operator.attrgetter("mesh_marked")
 
 
 def endpoint_pods(
@@ -115,12 +121,26 @@ def endpoint_pods(
 
     ``slices`` (the Service's slices) may be passed when the caller has them.
     """
-    names: set[str | None] = set()
-    for s in world.slices_of(svc.namespace, svc.name) if slices is None else slices:
-        names.update(map(_TARGET_POD, s.endpoints))  # C-level walk of the endpoints
-    names.discard(None)
-    names.discard("")
-    return world.pods_named(svc.namespace, sorted(names))  # type: ignore[arg-type]
+    if slices is None:
+        slices = world.slices_of(svc.namespace, svc.name)
+    elif not isinstance(slices, list):
+        slices = list(slices)
+    # Each slice has its targetRef names sorted and deduplicated already
+    # (K8sEndpointSlice.pod_names); one slice per Service is the common case.
+    if len(slices) == 1:
+        names: Iterable[str] = slices[0].pod_names
+    else:
+        names = sorted(set().union(*[s.pod_names for s in slices]))
+    if not names:
+        return []
+    return world.pods_named(svc.namespace, names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unmarked(count: int) -> MeshChoice:
+    # The same (equal, immutable) choice for every Service with ``count``
+    # unmarked pods and no namespace marker: made once, not once per Service.
+    return MeshChoice(Mesh.NONE, f"no mesh marker on the {count} endpoint pod(s)")
 
 
 def detect_mesh(
@@ -140,32 +160,33 @@ def detect_mesh(
         ns = world.namespace(svc.namespace)
         ns_found = namespace_markers(ns) if ns is not None else {}
     if pods:
-        found: dict[Mesh, str] = {}
-        for pod in pods:
-            if has_pod_markers(pod):
+        marked = list(filter(_MESH_MARKED, pods))  # C-level walk; most pods are unmarked
+        if marked:
+            found: dict[Mesh, str] = {}
+            for pod in marked:
                 for mesh, reason in pod_markers(pod).items():
                     found.setdefault(mesh, reason)
-        if found:
-            return _one(svc, found, "endpoint pods carry markers of more than one mesh")
+            if found:
+                return _one(svc, found, "endpoint pods carry markers of more than one mesh")
+        if not ns_found:
+            return _unmarked(len(pods))
         reason = f"no mesh marker on the {len(pods)} endpoint pod(s)"
-        if ns_found:
-            return MeshChoice(
-                Mesh.NONE,
-                reason,
-                (
-                    Diagnostic(
-                        svc.ref,
-                        "mesh",
-                        f"{' and '.join(ns_found.values())}, but none of the {len(pods)} "
-                        "endpoint pod(s) carries a mesh marker; sending plaintext",
-                        "restart the pods so they are injected, or set "
-                        f"{MESH_KEY} on the Service to say which mesh it is in",
-                        Severity.WARNING,
-                        UNINJECTED,
-                    ),
+        return MeshChoice(
+            Mesh.NONE,
+            reason,
+            (
+                Diagnostic(
+                    svc.ref,
+                    "mesh",
+                    f"{' and '.join(ns_found.values())}, but none of the {len(pods)} "
+                    "endpoint pod(s) carries a mesh marker; sending plaintext",
+                    "restart the pods so they are injected, or set "
+                    f"{MESH_KEY} on the Service to say which mesh it is in",
+                    Severity.WARNING,
+                    UNINJECTED,
                 ),
-            )
-        return MeshChoice(Mesh.NONE, reason)
+            ),
+        )
     if ns_found:
         return _one(
             svc, ns_found, f"namespace {svc.namespace} carries markers of more than one mesh"

@@ -16,10 +16,12 @@ Pure and deterministic: the same World and settings give an equal result.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from itertools import chain
 
 from bridge.model.consul import ConsulServiceKey
 from bridge.model.diagnostics import Diagnostic, Severity, annotation_field
+from bridge.model.frozen import frozen_maker
 from bridge.model.ir import (
     Discovery,
     DnsTarget,
@@ -31,6 +33,7 @@ from bridge.model.ir import (
     ServiceResolution,
     Upstream,
     UpstreamKey,
+    UpstreamTls,
 )
 from bridge.model.k8s import (
     K8sEndpointSlice,
@@ -52,7 +55,7 @@ from bridge.resolve.annotations import (
     parse_namespace,
     parse_service,
 )
-from bridge.resolve.mesh import choose_mesh, endpoint_pods, namespace_markers
+from bridge.resolve.mesh import choose_mesh, detect_mesh, endpoint_pods, namespace_markers
 from bridge.resolve.policy import PLAINTEXT, MeshContext, mesh_policy
 
 CONSUL_SERVICE_NAME = "consul.hashicorp.com/service-name"
@@ -82,8 +85,8 @@ def protocol_of(port: ServicePort | None) -> Protocol:
 def upstream_key(svc: K8sService, port: ServicePort | None) -> UpstreamKey:
     """A Service port's key: its name, else its number (``""`` when it has no ports)."""
     if port is None:
-        return UpstreamKey(svc.namespace, svc.name, "")
-    return UpstreamKey(svc.namespace, svc.name, port.name or str(port.port))
+        return _upstream_key_of(svc.namespace, svc.name, "")
+    return _upstream_key_of(svc.namespace, svc.name, port.name or str(port.port))
 
 
 def consul_key(
@@ -188,13 +191,12 @@ def resolve_present(
     if lookups is None:
         lookups = Lookups(world)
 
-    diags = list(own)
     ns_info = lookups.namespace(svc.namespace)
     defaults = ns_info.defaults
     # Namespace warnings concern every exposed Service there; a bad namespace
     # default only the Services that rely on it (they are left out rather
     # than silently given the config's default).
-    diags.extend(defaults.diagnostics)
+    diags = [*own, *defaults.diagnostics] if own or defaults.diagnostics else []
     resolver: Resolver | None = spec.resolver or defaults.spec.resolver or settings.default_resolver
     annotations = svc.annotations
     if spec.resolver is None and RESOLVER_KEY in annotations:
@@ -203,15 +205,10 @@ def resolve_present(
         diags.append(defaults.bad_resolver)
         resolver = None
 
-    # The Service's slices and endpoint pods, read once and only if needed.
+    # The Service's slices, and its endpoint pods only if needed (auto
+    # detection or a mesh policy reads them).
     slices = world.slices_of(svc.namespace, svc.name)
     pods: list[K8sPod] | None = None
-
-    def endpoint_pods_once() -> list[K8sPod]:
-        nonlocal pods
-        if pods is None:
-            pods = endpoint_pods(world, svc, slices)
-        return pods
 
     choice = None
     if spec.mesh is None and MESH_KEY in annotations:
@@ -219,30 +216,37 @@ def resolve_present(
     elif spec.mesh is None and defaults.bad_mesh is not None:
         diags.append(defaults.bad_mesh)
     else:
-        choice = choose_mesh(
-            world,
-            settings,
-            svc,
-            spec.mesh,
-            defaults.spec.mesh,
-            endpoint_pods_once,
-            ns_info.markers,
-        )
+        # choose_mesh's precedence; ``auto`` is detected here with the slices
+        # already in hand.
+        if spec.mesh is not None:
+            wanted = spec.mesh
+        elif defaults.spec.mesh is not None:
+            wanted = defaults.spec.mesh
+        else:
+            wanted = settings.default_mesh
+        if wanted is Mesh.AUTO:
+            pods = endpoint_pods(world, svc, slices)
+            choice = detect_mesh(world, svc, pods, ns_info.markers)
+        else:
+            choice = choose_mesh(world, settings, svc, spec.mesh, defaults.spec.mesh)
         if choice.diagnostics:
             diags.extend(choice.diagnostics)
     mesh = choice.mesh if choice is not None else None
     reason = choice.reason if choice is not None else ""
 
-    failed = _has_error(diags)
+    failed = bool(diags) and _has_error(diags)
     upstreams: dict[UpstreamKey, Upstream] = {}
     routes: list[Route] = []
     if not failed and mesh is not None and resolver is not None:
         for rs in spec.routes:
-            key = upstream_key(svc, rs.port)
+            port = rs.port
+            key = upstream_key(svc, port)
             if key not in upstreams:
                 if mesh is Mesh.NONE:
                     policy = PLAINTEXT  # what mesh_policy says for mesh none
                 else:
+                    if pods is None:
+                        pods = endpoint_pods(world, svc, slices)
                     ckey = consul_key(
                         svc, settings, spec.consul_service, spec.consul_datacenter, mesh
                     )
@@ -250,40 +254,39 @@ def resolve_present(
                         world,
                         settings,
                         svc,
-                        rs.port,
+                        port,
                         key,
                         resolver,
                         mesh,
-                        tuple(endpoint_pods_once()),
-                        protocol_of(rs.port),
+                        tuple(pods),
+                        protocol_of(port),
                         ckey,
                     )
                     policy = mesh_policy(ctx)
                     diags.extend(policy.diagnostics)
                 upstream = _upstream(
-                    world, settings, svc, spec, rs.port, key, resolver, mesh, diags, slices
+                    world,
+                    settings,
+                    svc,
+                    spec,
+                    port,
+                    key,
+                    resolver,
+                    mesh,
+                    diags,
+                    slices,
+                    policy.tls,
                 )
                 if upstream is None:
                     continue
-                if policy.tls is not None:
-                    upstream = replace(upstream, tls=policy.tls)
                 upstreams[key] = upstream
-                headers = (policy.headers_to_add, policy.headers_to_remove)
+                add, remove = policy.headers_to_add, policy.headers_to_remove
             else:
-                headers = _route_headers(routes, key)
+                add, remove = _route_headers(routes, key)
             routes.append(
-                Route(
-                    host=rs.host,
-                    prefix=rs.prefix,
-                    upstream=key,
-                    source=ref,
-                    rewrite=rs.rewrite,
-                    timeout_ms=rs.timeout_ms,
-                    headers_to_add=headers[0],
-                    headers_to_remove=headers[1],
-                )
+                _route_of(rs.host, rs.prefix, key, ref, rs.rewrite, rs.timeout_ms, add, remove)
             )
-        failed = _has_error(diags)
+        failed = bool(diags) and _has_error(diags)
     if failed:
         return ServiceResolution(
             ref=ref,
@@ -293,16 +296,27 @@ def resolve_present(
             mesh_reason=reason,
             diagnostics=_sorted(diags),
         )
-    return ServiceResolution(
-        ref=ref,
-        exposed=True,
-        resolver=resolver,
-        mesh=mesh,
-        mesh_reason=reason,
-        routes=tuple(routes),
-        upstreams=tuple(upstreams.values()) if len(upstreams) < 2 else _by_key(upstreams),
-        diagnostics=_sorted(diags),
+    return _resolution_of(
+        ref,
+        True,
+        resolver,
+        mesh,
+        reason,
+        tuple(routes),
+        tuple(upstreams.values()) if len(upstreams) < 2 else _by_key(upstreams),
+        _sorted(diags),
     )
+
+
+# Positional makers (fields in declaration order) for the values every
+# exposed Service gets in a full build, made without the frozen ``__init__``
+# (see frozen_maker): same objects, a fraction of the cost.
+_route_of = frozen_maker(Route)
+_upstream_of = frozen_maker(Upstream)
+_resolution_of = frozen_maker(ServiceResolution)
+_upstream_key_of = frozen_maker(UpstreamKey)
+# Upstream's own default, read off one (a positional maker must pass it).
+_CONNECT_TIMEOUT_MS = Upstream(UpstreamKey("", "", ""), Discovery.EDS).connect_timeout_ms
 
 
 def _by_key(upstreams: dict[UpstreamKey, Upstream]) -> tuple[Upstream, ...]:
@@ -339,16 +353,14 @@ def _upstream(
     mesh: Mesh,
     diags: list[Diagnostic],
     slices: list[K8sEndpointSlice] | None = None,
+    tls: UpstreamTls | None = None,
 ) -> Upstream | None:
     protocol = protocol_of(port)
     if resolver is Resolver.CONSUL:
         ckey = consul_key(svc, settings, spec.consul_service, spec.consul_datacenter, mesh)
-        return Upstream(
-            key=key,
-            discovery=Discovery.EDS,
-            endpoints=_consul_endpoints(world, svc, ckey, diags),
-            protocol=protocol,
-            mesh=mesh,
+        endpoints = _consul_endpoints(world, svc, ckey, diags)
+        return _upstream_of(
+            key, Discovery.EDS, endpoints, None, tls, protocol, _CONNECT_TIMEOUT_MS, mesh
         )
     if port is None:
         diags.append(
@@ -369,42 +381,32 @@ def _upstream(
         if svc.cluster_ip == "None" and isinstance(port.target_port, int):
             number = port.target_port
         host = f"{svc.name}.{svc.namespace}.svc.{settings.cluster_domain}"
-        return Upstream(
-            key=key,
-            discovery=Discovery.STRICT_DNS,
-            dns=DnsTarget(host, number),
-            protocol=protocol,
-            mesh=mesh,
+        dns = DnsTarget(host, number)
+        return _upstream_of(
+            key, Discovery.STRICT_DNS, (), dns, tls, protocol, _CONNECT_TIMEOUT_MS, mesh
         )
     if slices is None:
         slices = world.slices_of(svc.namespace, svc.name)
-    return Upstream(
-        key=key,
-        discovery=Discovery.EDS,
-        endpoints=_slice_endpoints(svc, port, diags, slices),
-        protocol=protocol,
-        mesh=mesh,
+    endpoints = _slice_endpoints(svc, port, diags, slices)
+    return _upstream_of(
+        key, Discovery.EDS, endpoints, None, tls, protocol, _CONNECT_TIMEOUT_MS, mesh
     )
 
 
-# Endpoint objects made without the dataclass __init__ (one C-level slot
-# store per field instead of a frozen ``object.__setattr__`` each): a full
-# build makes 100k of them. Same fields, same values, no __post_init__.
-_new = object.__new__
-_set_address, _set_port, _set_zone = (
-    Endpoint.__dict__[f].__set__ for f in ("address", "port", "zone")
-)
+_IP_TYPES = frozenset({"IPv4", "IPv6"})
 
 
 def _slice_endpoints(
     svc: K8sService, port: ServicePort, diags: list[Diagnostic], slices: list[K8sEndpointSlice]
 ) -> tuple[Endpoint, ...]:
     """Ready, non-terminating endpoints on the slice port named like the Service port."""
-    # Deduplicated and sorted as plain tuples (C-level hashing and comparison),
-    # made into Endpoints once at the end.
-    out: set[tuple[str, int, str]] = set()
+    # Each slice has them worked out once, sorted and deduplicated, as IR
+    # Endpoints (K8sEndpointSlice.ready_by_port): one slice, the common case,
+    # hands its tuple over as is; several are merged.
+    name = port.name
+    found: list[tuple[Endpoint, ...]] = []
     for s in slices:
-        if s.address_type not in ("IPv4", "IPv6"):
+        if s.address_type not in _IP_TYPES:
             diags.append(
                 Diagnostic(
                     s.ref,
@@ -416,27 +418,14 @@ def _slice_endpoints(
                 )
             )
             continue
-        number = None
-        for slice_port in s.ports:
-            if slice_port.name == port.name:
-                number = slice_port.port
-                break
-        if number is None:
-            continue
-        add = out.add
-        for e in s.endpoints:
-            if e.ready and not e.terminating:
-                # Addresses of one endpoint are fungible; the first is the one
-                # kube-proxy uses.
-                add((e.addresses[0], number, e.zone or ""))
-    made: list[Endpoint] = []
-    for address, number, zone in sorted(out):
-        endpoint = _new(Endpoint)
-        _set_address(endpoint, address)
-        _set_port(endpoint, number)
-        _set_zone(endpoint, zone)
-        made.append(endpoint)
-    return tuple(made)
+        ready = s.ready_by_port.get(name)
+        if ready:
+            found.append(ready)
+    if not found:
+        return ()
+    if len(found) == 1:
+        return found[0]
+    return tuple(sorted(set(chain.from_iterable(found)), key=_ENDPOINT_ORDER))
 
 
 def _consul_endpoints(

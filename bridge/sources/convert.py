@@ -539,20 +539,23 @@ _intern = sys.intern
 
 
 def positional_maker(cls: type[T]) -> Callable[..., T]:
-    """A constructor for frozen slotted dataclass ``cls`` taking every field, in order.
+    """A constructor for frozen slotted dataclass ``cls`` taking every init field, in order.
 
     The same object ``cls(...)`` builds, at about half the cost: a frozen
     dataclass's ``__init__`` sets each field through ``object.__setattr__``,
-    this stores through the slots' own descriptors. Only for classes without
-    ``__post_init__`` (asserted), so nothing ``__init__`` would do is skipped.
+    this stores through the slots' own descriptors, then runs the class's
+    ``__post_init__`` if it has one (which fills its derived, non-init fields),
+    so nothing ``__init__`` would do is skipped.
     """
-    assert dataclasses.is_dataclass(cls) and not hasattr(cls, "__post_init__"), cls
-    names = [f.name for f in dataclasses.fields(cls)]
+    assert dataclasses.is_dataclass(cls), cls
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
     env: dict[str, Any] = {"new": object.__new__, "cls": cls}
     for i, n in enumerate(names):
         env[f"set{i}"] = getattr(cls, n).__set__
     args = ", ".join(f"a{i}" for i in range(len(names)))
     body = "".join(f"    set{i}(o, a{i})\n" for i in range(len(names)))
+    if hasattr(cls, "__post_init__"):
+        body += "    o.__post_init__()\n"
     exec(f"def make({args}):\n    o = new(cls)\n{body}    return o\n", env)
     maker: Callable[..., T] = env["make"]
     return maker
