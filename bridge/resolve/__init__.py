@@ -638,6 +638,7 @@ def _ir(
         if a_names != b_names:
             uses_delta.subtract(b_names)
             uses_delta.update(a_names)
+    # Set wins over dropped (keys name their Service, so both cannot normally happen).
     removed.difference_update(updates)
     upstreams = base_ups.evolve(updates, removed)
     uses = base.secret_uses

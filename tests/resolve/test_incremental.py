@@ -6,8 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.model.consul import ConsulInstance, ConsulService, ConsulServiceKey
+from bridge.model.diagnostics import Diagnostic
 from bridge.model.frozen import FrozenDict
-from bridge.model.ir import Resolved
+from bridge.model.ir import IdentitySecret, Mesh, Resolved, SecretName, TrustSecret
 from bridge.model.k8s import (
     EndpointPort,
     K8sEndpointSlice,
@@ -19,11 +20,14 @@ from bridge.model.k8s import (
     ServicePort,
     SliceEndpoint,
 )
+from bridge.model.secrets import PrivateKey
 from bridge.model.settings import ResolveSettings
 from bridge.resolve import resolve
 from bridge.store import Store
 
 SETTINGS = ResolveSettings()
+# Istio supported: meshed upstreams get TLS naming the mesh secrets.
+MESHES = ResolveSettings(supported_meshes=frozenset({Mesh.NONE, Mesh.ISTIO}))
 
 
 def _svc(ns: str, name: str, **ann: str) -> K8sService:
@@ -196,6 +200,15 @@ slices = st.builds(
     st.lists(st.integers(1, 4), max_size=3),
     st.booleans(),
 )
+ISTIO_SECRETS: tuple[IdentitySecret, TrustSecret] = (
+    IdentitySecret(SecretName("identity/istio"), "CERT", PrivateKey("KEY")),
+    TrustSecret(SecretName("trust/istio"), "CA"),
+)
+SOURCE_PROBLEMS = tuple(
+    Diagnostic(ObjectRef(Kind.FILE, "", f"f{i}.yaml"), "spec", "does not parse", code="file.bad")
+    for i in range(3)
+)
+
 pods = st.builds(
     lambda ns, ip, labels: K8sPod(namespace=ns, name=f"p{ip}", labels=FrozenDict(labels)),
     st.sampled_from(NAMESPACES),
@@ -233,6 +246,10 @@ ops = st.one_of(
         ),
     ),
     st.tuples(st.just("consul"), consul),
+    # The gateway's Istio identity and trust bundle appear or go (meshed
+    # upstreams name them; their TLS and diagnostics follow).
+    st.tuples(st.just("secrets"), st.booleans()),
+    st.tuples(st.just("source"), st.lists(st.sampled_from(SOURCE_PROBLEMS), max_size=2)),
 )
 
 
@@ -241,16 +258,24 @@ ops = st.one_of(
 def test_incremental_equals_full_for_any_change_sequence(batches: list[list[tuple]]) -> None:  # type: ignore[type-arg]
     store = Store()
     world, _ = store.take()
-    prev = resolve(world, SETTINGS)
+    prev = resolve(world, MESHES)
     for batch in batches:
         for op, value in batch:
             if op == "upsert":
                 store.upsert("t", value)
             elif op == "delete":
                 store.delete("t", value)
+            elif op == "secrets":
+                for secret in ISTIO_SECRETS:
+                    if value:
+                        store.put_mesh_secret(secret)
+                    else:
+                        store.remove_mesh_secret(secret.name)
+            elif op == "source":
+                store.set_source_diagnostics("files", value)
             else:
                 store.put_consul_service(value)
         world, changed = store.take()
-        inc = resolve(world, SETTINGS, prev, changed)
-        _check_same(inc, prev, resolve(world, SETTINGS))
+        inc = resolve(world, MESHES, prev, changed)
+        _check_same(inc, prev, resolve(world, MESHES))
         prev = inc
