@@ -541,7 +541,7 @@ def _parse_route(
                 "use a duration like 15s, 1m30s or 250ms (0s for none)",
             )
             ok = False
-    port_ok, service_port = _pick_port(d, svc, port, field("port"))
+    port_ok, service_port = _pick_port(d, svc, port, field)
     if not (ok and port_ok):
         return None
     return _route_spec_of(prefix, norm_host, service_port, rewrite, timeout_ms)
@@ -552,12 +552,13 @@ def _port_text(p: ServicePort) -> str:
 
 
 def _pick_port(
-    d: _Diags, svc: K8sService, wanted: str | None, field: str
+    d: _Diags, svc: K8sService, wanted: str | None, field_of: Callable[[str], str]
 ) -> tuple[bool, ServicePort | None]:
     """``(True, the Service port a route targets)``, or ``(False, None)`` after a diagnostic."""
     ports = svc.ports
     if wanted is None and len(ports) <= 1:
         return True, ports[0] if ports else None
+    field = field_of("port")
     listed = ", ".join(_port_text(p) for p in ports)
     if wanted is None:
         d.add(

@@ -21,7 +21,7 @@ from itertools import chain
 
 from bridge.model.consul import ConsulServiceKey
 from bridge.model.diagnostics import Diagnostic, Severity, annotation_field
-from bridge.model.frozen import frozen_maker
+from bridge.model.frozen import EMPTY, frozen_maker
 from bridge.model.ir import (
     Discovery,
     DnsTarget,
@@ -198,7 +198,9 @@ def resolve_present(
     # than silently given the config's default).
     diags = [*own, *defaults.diagnostics] if own or defaults.diagnostics else []
     resolver: Resolver | None = spec.resolver or defaults.spec.resolver or settings.default_resolver
-    annotations = svc.annotations
+    # An invalid resolver or mesh annotation is an ERROR of parse_service's
+    # (``own``): without any, the annotations need no second look.
+    annotations = svc.annotations if own else EMPTY
     if spec.resolver is None and RESOLVER_KEY in annotations:
         resolver = None  # invalid: reported by parse_service
     elif spec.resolver is None and defaults.bad_resolver is not None:
@@ -235,13 +237,16 @@ def resolve_present(
     reason = choice.reason if choice is not None else ""
 
     failed = bool(diags) and _has_error(diags)
-    upstreams: dict[UpstreamKey, Upstream] = {}
+    # Keyed by the key's port part: namespace and name are the Service's own
+    # (a str hashes in C, an UpstreamKey in Python).
+    upstreams: dict[str, Upstream] = {}
+    headers: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {}
     routes: list[Route] = []
     if not failed and mesh is not None and resolver is not None:
         for rs in spec.routes:
             port = rs.port
             key = upstream_key(svc, port)
-            if key not in upstreams:
+            if key.port not in headers:
                 if mesh is Mesh.NONE:
                     policy = PLAINTEXT  # what mesh_policy says for mesh none
                 else:
@@ -278,11 +283,14 @@ def resolve_present(
                     policy.tls,
                 )
                 if upstream is None:
+                    headers[key.port] = ((), ())
                     continue
-                upstreams[key] = upstream
-                add, remove = policy.headers_to_add, policy.headers_to_remove
+                upstreams[key.port] = upstream
+                add, remove = headers[key.port] = policy.headers_to_add, policy.headers_to_remove
+            elif key.port in upstreams:
+                add, remove = headers[key.port]
             else:
-                add, remove = _route_headers(routes, key)
+                continue  # its upstream failed: an ERROR already leaves the Service out
             routes.append(
                 _route_of(rs.host, rs.prefix, key, ref, rs.rewrite, rs.timeout_ms, add, remove)
             )
@@ -319,17 +327,9 @@ _upstream_key_of = frozen_maker(UpstreamKey)
 _CONNECT_TIMEOUT_MS = Upstream(UpstreamKey("", "", ""), Discovery.EDS).connect_timeout_ms
 
 
-def _by_key(upstreams: dict[UpstreamKey, Upstream]) -> tuple[Upstream, ...]:
+def _by_key(upstreams: dict[str, Upstream]) -> tuple[Upstream, ...]:
+    # One Service's upstreams: their keys differ in the port part alone.
     return tuple(upstreams[k] for k in sorted(upstreams))
-
-
-def _route_headers(
-    routes: list[Route], key: UpstreamKey
-) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    for r in routes:
-        if r.upstream == key:
-            return r.headers_to_add, r.headers_to_remove
-    return (), ()
 
 
 def _has_error(diags: list[Diagnostic]) -> bool:
