@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from bridge.model.frozen import EMPTY, FrozenDict, frozen_maker
@@ -97,9 +96,6 @@ class SliceEndpoint:
     hostname: str | None = None
 
 
-_NO_READY: Mapping[str, tuple[Endpoint, ...]] = MappingProxyType({})
-
-
 @dataclass(frozen=True, slots=True)
 class K8sEndpointSlice:
     """An EndpointSlice, with the facts every build reads precomputed once (``__post_init__``).
@@ -141,7 +137,7 @@ _set_pod_names = K8sEndpointSlice.__dict__["pod_names"].__set__
 
 def _ready_by_port(s: K8sEndpointSlice) -> Mapping[str, tuple[Endpoint, ...]]:
     if not s.ports or s.address_type not in ("IPv4", "IPv6"):
-        return _NO_READY
+        return EMPTY
     # Plain (address, zone) tuples deduplicate and sort in C; the Endpoints
     # are made once per port at the end. Addresses of one endpoint are
     # fungible; the first is the one kube-proxy uses.
@@ -158,7 +154,7 @@ def _ready_by_port(s: K8sEndpointSlice) -> Mapping[str, tuple[Endpoint, ...]]:
         if p.name not in out:
             number = p.port
             out[p.name] = tuple([make(address, number, zone) for address, zone in ready])
-    return MappingProxyType(out)
+    return FrozenDict.adopt(out)
 
 
 _endpoint_of: Callable[[str, int, str], Endpoint] | None = None
