@@ -23,9 +23,24 @@ What the clusters look like, and why:
   the SDS trust bundle. An IR with SAN checks but no trust bundle is emitted as
   it is (Envoy refuses SAN checks without a CA; resolve reports that case as a
   diagnostic before it gets here).
+
+How, for speed (a cold build makes 10k clusters and 100k endpoints):
+
+- the plain EDS cluster (HTTP/1, no TLS: most of a large mesh) is a copy of a
+  template built once per connect timeout by the general code, with the name
+  set; anything else is built field by field;
+- a ClusterLoadAssignment is encoded straight to protobuf wire bytes by
+  :func:`encode_load_assignment` (a few string joins per zone instead of
+  four sub-message writes per endpoint) and parsed by upb into the message
+  handed out: callers still get an ordinary ``ClusterLoadAssignment``.
+  :func:`build_load_assignment_fields` builds the same message field by
+  field; the tests prove the two byte-identical under upb's deterministic
+  serialization.
 """
 
 from __future__ import annotations
+
+import functools
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import config_source_pb2 as config_source_v3
@@ -39,7 +54,7 @@ from envoy.type.matcher.v3 import string_pb2 as string_matcher_v3
 from google.protobuf import any_pb2 as any_v
 from google.protobuf import duration_pb2 as duration_v
 
-from bridge.model.ir import Discovery, Endpoint, Protocol, Upstream, UpstreamTls
+from bridge.model.ir import Discovery, Endpoint, Protocol, Upstream, UpstreamKey, UpstreamTls
 from bridge.xds import names
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -67,6 +82,37 @@ def build_cluster(upstream: Upstream, name: str | None = None) -> cluster_v3.Clu
     """
     if name is None:
         name = names.cluster_name(upstream.key)
+    if (
+        upstream.discovery is Discovery.EDS
+        and upstream.tls is None
+        and upstream.protocol is Protocol.HTTP1
+    ):
+        # A third of the field-by-field cost: one C-level copy, two string sets.
+        cluster = cluster_v3.Cluster()
+        cluster.CopyFrom(_plain_eds_template(upstream.connect_timeout_ms))
+        cluster.name = name
+        cluster.eds_cluster_config.service_name = name  # names.eds_service_name
+        return cluster
+    return build_cluster_fields(upstream, name)
+
+
+@functools.lru_cache(maxsize=64)  # one per distinct connect timeout; bounded for churn
+def _plain_eds_template(connect_timeout_ms: int) -> cluster_v3.Cluster:
+    """A plain EDS cluster without its names, built by the general code.
+
+    Made from an Upstream whose every other field has its default, so it is
+    exactly what :func:`build_cluster_fields` makes for any upstream that
+    :func:`build_cluster` sends here, but for the two names. Never mutated.
+    """
+    template = Upstream(_TEMPLATE_KEY, Discovery.EDS, connect_timeout_ms=connect_timeout_ms)
+    return build_cluster_fields(template, "")
+
+
+_TEMPLATE_KEY = UpstreamKey("", "", "")
+
+
+def build_cluster_fields(upstream: Upstream, name: str) -> cluster_v3.Cluster:
+    """:func:`build_cluster` field by field: any upstream."""
     cluster = cluster_v3.Cluster(
         name=name,
         connect_timeout=duration_ms(upstream.connect_timeout_ms),
@@ -130,9 +176,19 @@ def build_load_assignment(
     upstream: Upstream, name: str | None = None
 ) -> endpoint_v3.ClusterLoadAssignment:
     """The ClusterLoadAssignment of an EDS upstream: one locality entry per zone."""
-    cla = endpoint_v3.ClusterLoadAssignment(
-        cluster_name=name if name is not None else names.cluster_name(upstream.key)
-    )
+    if name is None:
+        name = names.cluster_name(upstream.key)
+    return _parse_load_assignment(encode_load_assignment(upstream.endpoints, name))
+
+
+_parse_load_assignment = endpoint_v3.ClusterLoadAssignment.FromString
+
+
+def build_load_assignment_fields(
+    upstream: Upstream, name: str
+) -> endpoint_v3.ClusterLoadAssignment:
+    """:func:`build_load_assignment` field by field: the reference the encoder is tested on."""
+    cla = endpoint_v3.ClusterLoadAssignment(cluster_name=name)
     by_zone: dict[str, list[Endpoint]] = {}
     for endpoint in upstream.endpoints:
         by_zone.setdefault(endpoint.zone, []).append(endpoint)
@@ -150,6 +206,108 @@ def build_load_assignment(
             socket.address = endpoint.address
             socket.port_value = endpoint.port
     return cla
+
+
+# -- ClusterLoadAssignment wire encoding ------------------------------------------
+#
+# ClusterLoadAssignment { 1: cluster_name, 2: repeated LocalityLbEndpoints }
+# LocalityLbEndpoints   { 1: Locality { 2: zone }, 2: repeated LbEndpoint,
+#                         3: load_balancing_weight UInt32Value { 1: value } }
+# LbEndpoint { 1: Endpoint { 1: Address { 1: SocketAddress { 2: address, 3: port_value } } } }
+#
+# Fields in number order, proto3 defaults ("" and 0) omitted, sub-messages
+# present even when empty: what upb's deterministic serialization writes.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, body: bytes) -> bytes:
+    """A length-delimited field: its tag, the body's length, the body."""
+    return tag + _varint(len(body)) + body
+
+
+class _AddressPrefixes(dict[int, bytes]):
+    """For one port: address byte length → the bytes that precede the address.
+
+    An endpoint is ``prefix + address + port``: the four nested message
+    headers and the address's own tag and length depend on nothing but the
+    two lengths, so they are worked out once per (port, length) and looked up
+    at C speed after that.
+    """
+
+    __slots__ = ("port_bytes",)
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port_bytes = b"\x18" + _varint(port) if port else b""
+
+    def __missing__(self, n: int) -> bytes:
+        address_head = b"\x12" + _varint(n) if n else b""
+        socket = len(address_head) + n + len(self.port_bytes)
+        address = 1 + len(_varint(socket)) + socket
+        endpoint = 1 + len(_varint(address)) + address
+        lb_endpoint = 1 + len(_varint(endpoint)) + endpoint
+        prefix = (
+            b"\x12"
+            + _varint(lb_endpoint)
+            + b"\x0a"
+            + _varint(endpoint)
+            + b"\x0a"
+            + _varint(address)
+            + b"\x0a"
+            + _varint(socket)
+            + address_head
+        )
+        self[n] = prefix
+        return prefix
+
+
+class _PortTables(dict[int, _AddressPrefixes]):
+    __slots__ = ()
+
+    def __missing__(self, port: int) -> _AddressPrefixes:
+        table = self[port] = _AddressPrefixes(port)
+        return table
+
+
+_PORTS = _PortTables()  # bounded: one entry per port number, one per address length in it
+_EMPTY_LOCALITY = b"\x0a\x00"  # present even when empty: gRPC requires it
+
+
+def _weight(count: int) -> bytes:
+    return _field(b"\x1a", b"\x08" + _varint(count))
+
+
+def encode_load_assignment(endpoints: tuple[Endpoint, ...], name: str) -> bytes:
+    """The ClusterLoadAssignment :func:`build_load_assignment_fields` makes, as wire bytes.
+
+    Byte for byte what upb's deterministic serialization of that message is:
+    one locality entry per zone (sorted), each endpoint in IR order within it.
+    """
+    by_zone: dict[str, list[bytes]] = {}
+    ports = _PORTS
+    for endpoint in endpoints:
+        prefixes = ports[endpoint.port]
+        address = endpoint.address.encode()
+        zone = endpoint.zone
+        # Three pieces per endpoint, joined once per zone.
+        if zone in by_zone:
+            by_zone[zone] += (prefixes[len(address)], address, prefixes.port_bytes)
+        else:
+            by_zone[zone] = [prefixes[len(address)], address, prefixes.port_bytes]
+    out = [_field(b"\x0a", name.encode())] if name else []
+    for zone in sorted(by_zone) if len(by_zone) > 1 else by_zone:
+        pieces = by_zone[zone]
+        locality = _field(b"\x0a", _field(b"\x12", zone.encode())) if zone else _EMPTY_LOCALITY
+        out.append(_field(b"\x12", locality + b"".join(pieces) + _weight(len(pieces) // 3)))
+    return b"".join(out)
 
 
 def _set_address(lb_endpoint: endpoint_components_v3.LbEndpoint, host: str, port: int) -> None:

@@ -1,7 +1,7 @@
 """Translate the IR into Envoy resources, incrementally: ``translate(ir, previous)``.
 
 The one entry point of the xDS translation stage. Pure: no I/O, no clocks, no
-environment reads; the same IR gives equal resources, sorted by name.
+environment reads; the same IR gives equal resources.
 
 Incremental contract. Pass the previous :class:`Translation` back in and every
 IR object that ``is`` the object seen last time (or equals it) yields the very
@@ -21,10 +21,23 @@ cache can reuse serialized bytes and versions by identity. Concretely:
 - when every message of a type is the same as before, the type's whole
   mapping is the previous mapping object.
 
+Work in proportion to the change. The CDS and EDS mappings (and the
+per-upstream memos behind them) are :class:`~bridge.model.sharded.ShardedMap`
+versions evolved from the previous translation's: one changed upstream
+copies one shard of each, nothing else. When ``ir.upstreams`` and the
+previous IR's are both ShardedMaps (resolve evolves one from the other), the
+changed upstreams are found with ``changed_since``, skipping every shared
+shard; any other mapping is compared key by key (one C-speed pass), with the
+same result.
+
+No order. Resource mappings are keyed by name; their iteration order is
+unspecified (a ShardedMap's is by hash shard). Whoever needs an order
+(goldens, ``/debug``, replies) sorts.
+
 A :class:`Translation` holds IR objects and messages; it never mutates, so an
 older Translation stays valid. Its repr shows counts only, and the SDS mapping
 (:class:`RedactedSecrets`) shows names only: Secret messages hold private keys
-in their text form. Mappings are read-only views, sorted by name.
+in their text form. Mappings are read-only.
 
 This module decides *when* to build; :mod:`bridge.xds.clusters`,
 :mod:`bridge.xds.listeners` and :mod:`bridge.xds.secrets` decide *what*;
@@ -34,10 +47,8 @@ This module decides *when* to build; :mod:`bridge.xds.clusters`,
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
 from operator import itemgetter
 from types import MappingProxyType
 from typing import TypeVar
@@ -56,6 +67,7 @@ from bridge.model.ir import (
     UpstreamKey,
     VirtualHost,
 )
+from bridge.model.sharded import ShardedMap
 from bridge.xds import names
 from bridge.xds.clusters import build_cluster, build_load_assignment
 from bridge.xds.listeners import (
@@ -71,7 +83,6 @@ __all__ = ["RedactedSecrets", "Translation", "translate"]
 
 _M = TypeVar("_M", bound=Mapping[str, Message])
 
-_EMPTY: MappingProxyType[str, Message] = MappingProxyType({})
 
 
 class RedactedSecrets(Mapping[str, Message]):
@@ -109,20 +120,17 @@ class _UpstreamMemo:
 
 @dataclass(frozen=True, slots=True)
 class _UpstreamTable:
-    """Upstream memos in IR order, and the CDS/EDS mappings made from them.
+    """Upstream memos by key, and the CDS/EDS mappings made from them.
 
-    Kept as aligned tuples so an unchanged key order is found with C-speed
-    identity comparisons, not a Python loop hashing 10k keys.
+    All three maps are :class:`ShardedMap` versions evolved from the previous
+    table's, so a change costs in proportion to itself: the untouched shards
+    are shared, nothing is copied whole or re-sorted.
     """
 
     source: Mapping[UpstreamKey, Upstream]  # the IR mapping this was made from
-    keys: tuple[UpstreamKey, ...]
-    upstreams: tuple[Upstream, ...]
-    memos: tuple[_UpstreamMemo, ...]
-    # Read-only views handed out in Resources; the dicts behind them are never
-    # changed after the table is made (a change copies them: dict.copy is C-fast).
-    clusters: MappingProxyType[str, Message]
-    assignments: MappingProxyType[str, Message]
+    memos: ShardedMap[UpstreamKey, _UpstreamMemo]
+    clusters: ShardedMap[str, Message]
+    assignments: ShardedMap[str, Message]  # EDS upstreams only
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +172,14 @@ class _Memo:
     secrets: Mapping[SecretName, _SecretMemo]
 
 
-_EMPTY_MEMO = _Memo(Ir(), _UpstreamTable(FrozenDict(), (), (), (), _EMPTY, _EMPTY), {}, {}, {}, {})
+_EMPTY_MEMO = _Memo(
+    Ir(),
+    _UpstreamTable(FrozenDict(), ShardedMap.of(()), ShardedMap.of(()), ShardedMap.of(())),
+    {},
+    {},
+    {},
+    {},
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,68 +231,96 @@ def _translate_upstreams(
 ) -> _UpstreamTable:
     if source is prev.source:
         return prev
-    keys = tuple(source.keys())
-    if keys != prev.keys:  # an upstream added, removed or reordered
-        return _rebuild_upstreams(source, keys, prev)
-    values = tuple(source.values())
-    changed = list(compress(range(len(values)), map(operator.is_not, values, prev.upstreams)))
-    if not changed:
-        return _UpstreamTable(source, keys, values, prev.memos, prev.clusters, prev.assignments)
-    memos = list(prev.memos)
-    clusters: dict[str, Message] | None = None
-    assignments: dict[str, Message] | None = None
-    resort = False
-    for i in changed:
-        old = prev.memos[i]
-        new = memos[i] = _translate_upstream(values[i], old)
-        if new.cluster is not old.cluster:
-            if clusters is None:
-                clusters = prev.clusters.copy()
-            clusters[new.name] = new.cluster
-        if new.load_assignment is not old.load_assignment:
-            if assignments is None:
-                assignments = prev.assignments.copy()
-            if new.load_assignment is None:
-                del assignments[new.name]
-            else:
-                resort = resort or new.name not in assignments
-                assignments[new.name] = new.load_assignment
-    if assignments is not None and resort:
-        assignments = dict(sorted(assignments.items(), key=itemgetter(0)))
+    if not prev.memos:
+        return _build_upstreams(source)
+    if isinstance(source, ShardedMap) and isinstance(prev.source, ShardedMap):
+        # Both versions of resolve's persistent map: the diff skips every
+        # shard they share, so it costs in proportion to the change.
+        changed: Iterable[UpstreamKey] = source.changed_since(prev.source)
+    else:
+        changed = _changed_keys(source, prev.memos)
+    return _update_upstreams(source, prev, changed)
+
+
+def _build_upstreams(source: Mapping[UpstreamKey, Upstream]) -> _UpstreamTable:
+    """Every upstream from scratch (the first build): no lookups of a previous table."""
+    memos = [_new_upstream_memo(upstream) for upstream in source.values()]
     return _UpstreamTable(
         source,
-        keys,
-        values,
-        tuple(memos),
-        MappingProxyType(clusters) if clusters is not None else prev.clusters,
-        MappingProxyType(assignments) if assignments is not None else prev.assignments,
+        ShardedMap.of(zip(source.keys(), memos, strict=True)),
+        ShardedMap.of([(m.name, m.cluster) for m in memos]),
+        ShardedMap.of(
+            [(m.name, m.load_assignment) for m in memos if m.load_assignment is not None]
+        ),
     )
 
 
-def _rebuild_upstreams(
-    source: Mapping[UpstreamKey, Upstream], keys: tuple[UpstreamKey, ...], prev: _UpstreamTable
+def _changed_keys(
+    source: Mapping[UpstreamKey, Upstream], memos: ShardedMap[UpstreamKey, _UpstreamMemo]
+) -> list[UpstreamKey]:
+    """Keys added, removed or whose Upstream is not the memo's: one pass over ``source``."""
+    keys = list(source.keys())
+    olds = memos.get_many(keys)
+    changed = [
+        key
+        for key, upstream, old in zip(keys, source.values(), olds, strict=True)
+        if old is None or old.upstream is not upstream
+    ]
+    if len(keys) - olds.count(None) < len(memos):  # some were removed: find them
+        changed.extend(key for key in memos if key not in source)
+    return changed
+
+
+def _update_upstreams(
+    source: Mapping[UpstreamKey, Upstream],
+    prev: _UpstreamTable,
+    changed: Iterable[UpstreamKey],
 ) -> _UpstreamTable:
-    old_memos = dict(zip(prev.keys, prev.memos, strict=True))
-    memos: list[_UpstreamMemo] = []
-    for key, upstream in source.items():
-        old = old_memos.get(key)
-        if old is None or old.upstream is not upstream:
-            old = _translate_upstream(upstream, old)
-        memos.append(old)
-    clusters = _mapping(((m.name, m.cluster) for m in memos), prev.clusters)
-    assignments = _mapping(((m.name, m.load_assignment) for m in memos), prev.assignments)
-    return _UpstreamTable(source, keys, tuple(source.values()), tuple(memos), clusters, assignments)
+    memos: dict[UpstreamKey, _UpstreamMemo] = {}
+    clusters: dict[str, Message] = {}
+    assignments: dict[str, Message] = {}
+    removed: list[UpstreamKey] = []
+    removed_clusters: list[str] = []
+    removed_assignments: list[str] = []
+    for key in changed:
+        upstream = source.get(key)
+        old = prev.memos.get(key)
+        if upstream is None:
+            if old is not None:
+                removed.append(key)
+                removed_clusters.append(old.name)
+                removed_assignments.append(old.name)  # absent ones are ignored
+            continue
+        if old is not None and old.upstream is upstream:
+            continue
+        new = memos[key] = _translate_upstream(upstream, old)
+        if old is None or new.cluster is not old.cluster:
+            clusters[new.name] = new.cluster
+        if new.load_assignment is None:
+            removed_assignments.append(new.name)
+        elif old is None or new.load_assignment is not old.load_assignment:
+            assignments[new.name] = new.load_assignment
+    return _UpstreamTable(
+        source,
+        prev.memos.evolve(memos, removed),
+        prev.clusters.evolve(clusters, removed_clusters),
+        prev.assignments.evolve(assignments, removed_assignments),
+    )
+
+
+def _new_upstream_memo(upstream: Upstream) -> _UpstreamMemo:
+    name = names.cluster_name(upstream.key)
+    return _UpstreamMemo(
+        upstream,
+        name,
+        build_cluster(upstream, name),
+        build_load_assignment(upstream, name) if upstream.discovery is Discovery.EDS else None,
+    )
 
 
 def _translate_upstream(upstream: Upstream, old: _UpstreamMemo | None) -> _UpstreamMemo:
     if old is None or old.upstream.key != upstream.key:
-        name = names.cluster_name(upstream.key)
-        return _UpstreamMemo(
-            upstream,
-            name,
-            build_cluster(upstream, name),
-            build_load_assignment(upstream, name) if upstream.discovery is Discovery.EDS else None,
-        )
+        return _new_upstream_memo(upstream)
     before = old.upstream
     cluster = old.cluster if _cluster_fields(before) == _cluster_fields(upstream) else None
     if upstream.discovery is not Discovery.EDS:
