@@ -117,14 +117,15 @@ def _entries(type_url: str, items: Iterable[tuple[str, Message]]) -> list[Entry]
 
     The version is the first 8 bytes of the SHA-256 of the deterministic
     serialization, and ``mix`` (the entry's share of the type version, an XOR
-    of every entry's mix) is those same 8 bytes as a number. XOR could cancel
-    two equal mixes, making a set with both look like a set with neither; that
-    cannot happen here because every xDS resource embeds its own name (the
-    field in ``_NAME_OF``), so two names of one type never serialize to the
-    same bytes. A resource whose embedded name is not its key (or a type not
-    in ``_NAME_OF``) mixes its key into a second hash instead. A change then
-    keeps the type version only if two different serializations share 64 hash
-    bits, as with any 64-bit version.
+    of every entry's mix) is those same 8 bytes as a number. XOR cancels two
+    equal mixes — a set holding both would look like a set holding neither —
+    so two names of one type must never share a serialization. They cannot
+    when each resource's own name field (``_NAME_OF``) holds its key: the key
+    is then in the bytes (a non-empty string field is always written, and at
+    most one key is empty). A resource whose name field is not its key, or of
+    a type not in ``_NAME_OF``, mixes its key into a second hash instead. A
+    change keeps the type version only if two different serializations share
+    64 hash bits, as with any 64-bit version.
     """
     prefix = any_prefix(type_url)
     heads = _ANY_HEADS.setdefault(type_url, {})
@@ -146,7 +147,8 @@ def _entries(type_url: str, items: Iterable[tuple[str, Message]]) -> list[Entry]
         if name_of(message) == name:
             mix = from_bytes(digest, "big")
         else:
-            mix = from_bytes(sha256(name.encode() + b"\0" + digest).digest()[:8], "big")
+            key = name.encode("utf-8", "surrogatepass") + b"\0" + digest
+            mix = from_bytes(sha256(key).digest()[:8], "big")
         append(
             _new_entry(
                 Entry,
@@ -155,7 +157,7 @@ def _entries(type_url: str, items: Iterable[tuple[str, Message]]) -> list[Entry]
                     digest.hex(),
                     message,
                     head + value,
-                    walk(name, message) if walk is not None else (),
+                    walk(name, message, value) if walk is not None else (),
                     mix,
                 ),
             )
@@ -180,9 +182,14 @@ def _tls_secret_refs(tls: tls_v3.CommonTlsContext) -> Iterable[Ref]:
 
 
 _EDS = cluster_v3.Cluster.EDS
+# Tags of Cluster.transport_socket (field 24) and transport_socket_matches (43):
+# a set field's tag is in the bytes, so a cluster whose bytes hold neither has
+# no transport socket (the walk below is skipped; a stray match only costs it).
+_TRANSPORT_SOCKET_TAGS = (b"\xc2\x01", b"\xda\x02")
 
 
-def _cluster_refs(name: str, message: Message) -> tuple[Ref, ...]:
+def _cluster_refs(name: str, message: Message, value: bytes) -> tuple[Ref, ...]:
+    """What a cluster needs: its load assignment (EDS) and SDS secrets (TLS)."""
     if not isinstance(message, cluster_v3.Cluster):
         return ()
     eds: tuple[Ref, ...] = (
@@ -190,9 +197,10 @@ def _cluster_refs(name: str, message: Message) -> tuple[Ref, ...]:
         if message.type == _EDS
         else ()
     )
-    # Most clusters have no transport socket: skip the walk (and the Unpack of
-    # a TLS context) for them.
-    if not message.HasField("transport_socket") and not message.transport_socket_matches:
+    # Searching the bytes costs less than asking the message (HasField, the
+    # repeated field's wrapper) for the many clusters without TLS.
+    socket, matches = _TRANSPORT_SOCKET_TAGS
+    if socket not in value and matches not in value:
         return eds
     out: list[Ref] = list(eds)
     sockets = [message.transport_socket] if message.HasField("transport_socket") else []
@@ -205,7 +213,7 @@ def _cluster_refs(name: str, message: Message) -> tuple[Ref, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _listener_refs(name: str, message: Message) -> tuple[Ref, ...]:
+def _listener_refs(name: str, message: Message, value: bytes) -> tuple[Ref, ...]:
     if not isinstance(message, listener_v3.Listener):
         return ()
     out: list[Ref] = []
@@ -232,7 +240,7 @@ def _listener_refs(name: str, message: Message) -> tuple[Ref, ...]:
 
 
 # Only these types name other resources; the others skip the reference walk.
-_REF_WALKS: dict[str, Callable[[str, Message], tuple[Ref, ...]]] = {
+_REF_WALKS: dict[str, Callable[[str, Message, bytes], tuple[Ref, ...]]] = {
     CLUSTER: _cluster_refs,
     LISTENER: _listener_refs,
 }
@@ -315,16 +323,12 @@ class Snapshot:
         candidates = refs.candidates
         if fresh and dangling:
             candidates.update(ref for ref in dangling if ref[0] in fresh)
-        counts = refs.counts
-        for ref in candidates:
-            t, n = ref
-            if counts.get(ref, 0) > 0 and n not in types.get(t, _NO_TYPE).entries:
-                dangling.add(ref)
-            else:
-                dangling.discard(ref)
+        if candidates:
+            dangling -= candidates
+            dangling.update(_missing(candidates, refs.counts, types))
         return cls(
             types=types,
-            ref_counts=counts,
+            ref_counts=refs.counts,
             dangling=frozenset(dangling),
             base_serial=previous.serial if previous is not None else None,
             changed=changed,
@@ -359,6 +363,7 @@ _NAME = operator.itemgetter(0)  # Entry.name, for C-level maps over entries
 _MESSAGE = operator.itemgetter(2)  # Entry.message
 _REFS = operator.itemgetter(4)  # Entry.refs
 _MIX = operator.itemgetter(5)  # Entry.mix
+_SECOND = operator.itemgetter(1)  # a Ref's name
 
 
 def _fresh_type(
@@ -519,6 +524,26 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def _lookup(entries: Mapping[str, Entry], names: Iterable[str]) -> list[Entry | None]:
+    """``[entries.get(n) for n in names]``, without a Python call per name."""
+    if isinstance(entries, ShardedMap):
+        return entries.get_many(names)
+    return list(map(entries.get, names))
+
+
+def _missing(
+    candidates: set[Ref], counts: Mapping[Ref, int], types: Mapping[str, TypeSnapshot]
+) -> list[Ref]:
+    """The candidates still referenced (counts hold no zeros) that name no entry."""
+    live = list(filter(counts.__contains__, candidates))
+    out: list[Ref] = []
+    for t in {ref[0] for ref in live}:
+        wanted = [ref for ref in live if ref[0] == t]
+        found = _lookup(types.get(t, _NO_TYPE).entries, map(_SECOND, wanted))
+        out.extend(ref for ref, entry in zip(wanted, found, strict=True) if entry is None)
+    return out
+
+
 def _dirty(
     prev: TypeSnapshot,
     prev_entries: Mapping[str, Entry],
@@ -534,10 +559,7 @@ def _dirty(
     if prev.names and names == prev.names:
         changed = compress(range(len(messages)), map(operator.is_not, messages, prev.messages))
         return [(names[i], messages[i]) for i in changed]
-    if isinstance(prev_entries, ShardedMap):
-        olds: Iterable[Entry | None] = prev_entries.get_many(names)
-    else:
-        olds = map(prev_entries.get, names)
+    olds = _lookup(prev_entries, names)
     return [
         (n, m)
         for n, m, e in zip(names, messages, olds, strict=True)

@@ -6,6 +6,8 @@ import gc
 from collections.abc import Mapping
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as tls_v3
 from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -102,6 +104,35 @@ def test_consistency_check_names_what_is_missing_and_who_needs_it(
     with pytest.raises(ConsistencyError, match=missing):
         cache.set_snapshot("default", bad)
     assert cache.snapshot("default") is good  # last good stays live
+
+
+def tls_by_match(name: str, secret_name: str) -> cluster_v3.Cluster:
+    """A cluster whose TLS comes from a transport socket match, not its transport socket."""
+    c = cluster(name)
+    ctx = tls_v3.UpstreamTlsContext()
+    ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=secret_name)
+    match = c.transport_socket_matches.add(name="mtls")
+    match.transport_socket.name = "envoy.transport_sockets.tls"
+    match.transport_socket.typed_config.Pack(ctx)
+    return c
+
+
+def test_references_are_found_however_a_cluster_is_laid_out() -> None:
+    static = cluster_v3.Cluster(name="s", type=cluster_v3.Cluster.STATIC)
+    Snapshot.from_resources(resources(static)).check_consistency()  # needs nothing
+    with pytest.raises(ConsistencyError, match="cluster 'm' needs secret 'from-match'"):
+        Snapshot.from_resources(
+            resources(tls_by_match("m", "from-match"), cla("m", []))
+        ).check_consistency()
+    # Kept under a name that is not its own: the key is what it needs (no service name).
+    odd = Resources(FrozenDict({CLUSTER: FrozenDict({"key": cluster("own")})}))
+    with pytest.raises(ConsistencyError, match="cluster 'key' needs cluster load assignment 'key'"):
+        Snapshot.from_resources(odd).check_consistency()
+    # A long name (two bytes of length on the wire) is found like any other.
+    long = "n" * 200
+    with pytest.raises(ConsistencyError, match=f"needs cluster load assignment '{long}'"):
+        Snapshot.from_resources(resources(cluster(long))).check_consistency()
+    Snapshot.from_resources(resources(cluster(long), cla(long, []))).check_consistency()
 
 
 def test_consistency_is_tracked_incrementally() -> None:
