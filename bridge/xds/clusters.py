@@ -41,6 +41,8 @@ How, for speed (a cold build makes 10k clusters and 100k endpoints):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.core.v3 import config_source_pb2 as config_source_v3
@@ -56,6 +58,8 @@ from google.protobuf import duration_pb2 as duration_v
 
 from bridge.model.ir import Discovery, Endpoint, Protocol, Upstream, UpstreamKey, UpstreamTls
 from bridge.xds import names
+
+_K = TypeVar("_K")
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -219,7 +223,12 @@ def build_load_assignment_fields(
 # present even when empty: what upb's deterministic serialization writes.
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
+
+
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -231,6 +240,22 @@ def _varint(n: int) -> bytes:
 def _field(tag: bytes, body: bytes) -> bytes:
     """A length-delimited field: its tag, the body's length, the body."""
     return tag + _varint(len(body)) + body
+
+
+class _Fields(dict[_K, bytes]):
+    """A bounded cache of encoded fields by the value they encode (zones, counts)."""
+
+    __slots__ = ("_encode",)
+
+    def __init__(self, encode: Callable[[_K], bytes]) -> None:
+        super().__init__()
+        self._encode = encode
+
+    def __missing__(self, value: _K) -> bytes:
+        if len(self) >= 4096:  # zones and per-zone counts repeat; bound them for churn
+            self.clear()
+        encoded = self[value] = self._encode(value)
+        return encoded
 
 
 class _AddressPrefixes(dict[int, bytes]):
@@ -246,7 +271,8 @@ class _AddressPrefixes(dict[int, bytes]):
 
     def __init__(self, port: int) -> None:
         super().__init__()
-        self.port_bytes = b"\x18" + _varint(port) if port else b""
+        # port_value is in a oneof: present, so written, even when 0.
+        self.port_bytes = b"\x18" + _varint(port)
 
     def __missing__(self, n: int) -> bytes:
         address_head = b"\x12" + _varint(n) if n else b""
@@ -278,11 +304,11 @@ class _PortTables(dict[int, _AddressPrefixes]):
 
 
 _PORTS = _PortTables()  # bounded: one entry per port number, one per address length in it
-_EMPTY_LOCALITY = b"\x0a\x00"  # present even when empty: gRPC requires it
-
-
-def _weight(count: int) -> bytes:
-    return _field(b"\x1a", b"\x08" + _varint(count))
+# Locality {zone}, present even when empty (gRPC requires it).
+_LOCALITY = _Fields[str](
+    lambda zone: _field(b"\x0a", _field(b"\x12", zone.encode()) if zone else b"")
+)
+_WEIGHT = _Fields[int](lambda count: _field(b"\x1a", b"\x08" + _varint(count)))
 
 
 def encode_load_assignment(endpoints: tuple[Endpoint, ...], name: str) -> bytes:
@@ -291,22 +317,24 @@ def encode_load_assignment(endpoints: tuple[Endpoint, ...], name: str) -> bytes:
     Byte for byte what upb's deterministic serialization of that message is:
     one locality entry per zone (sorted), each endpoint in IR order within it.
     """
+    # Per zone: its locality field, then three pieces per endpoint; joined once.
     by_zone: dict[str, list[bytes]] = {}
     ports = _PORTS
     for endpoint in endpoints:
         prefixes = ports[endpoint.port]
         address = endpoint.address.encode()
         zone = endpoint.zone
-        # Three pieces per endpoint, joined once per zone.
         if zone in by_zone:
             by_zone[zone] += (prefixes[len(address)], address, prefixes.port_bytes)
         else:
-            by_zone[zone] = [prefixes[len(address)], address, prefixes.port_bytes]
-    out = [_field(b"\x0a", name.encode())] if name else []
+            by_zone[zone] = [_LOCALITY[zone], prefixes[len(address)], address, prefixes.port_bytes]
+    encoded_name = name.encode()
+    out = [b"\x0a", _varint(len(encoded_name)), encoded_name] if name else []
     for zone in sorted(by_zone) if len(by_zone) > 1 else by_zone:
         pieces = by_zone[zone]
-        locality = _field(b"\x0a", _field(b"\x12", zone.encode())) if zone else _EMPTY_LOCALITY
-        out.append(_field(b"\x12", locality + b"".join(pieces) + _weight(len(pieces) // 3)))
+        pieces.append(_WEIGHT[len(pieces) // 3])  # the endpoint count
+        body = b"".join(pieces)
+        out += (b"\x12", _varint(len(body)), body)
     return b"".join(out)
 
 
