@@ -4,7 +4,8 @@ streams, memory per stream, and bytes per Envoy in state-of-the-world vs delta.
 Run:  .venv/bin/python bench/xds_stream.py [--services 10000] [--streams 100]
 
 The world is N services with 10 endpoints each (EDS clusters built by
-bridge.xds.clusters), one listener and one route configuration. The stream
+bridge.xds.clusters) handed over as ShardedMaps, a change as a version evolved
+from the previous one, as translation does. The stream
 clients run in a child process (raw grpc.aio ADS clients that ACK everything)
 so the server's RSS is measured alone.
 """
@@ -17,6 +18,7 @@ import gc
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,6 +30,7 @@ from envoy.service.discovery.v3 import discovery_pb2 as discovery_v3
 
 from bridge.model.frozen import FrozenDict
 from bridge.model.ir import Discovery, Endpoint, Upstream, UpstreamKey
+from bridge.model.sharded import ShardedMap
 from bridge.server.ads import AdsServer, NullObserver
 from bridge.server.cache import Snapshot, SnapshotCache
 from bridge.server.listen import XdsServer
@@ -62,13 +65,20 @@ def build_world(n: int) -> tuple[dict[str, object], dict[str, object]]:
     return clusters, clas
 
 
-_frozen: dict[int, FrozenDict[str, object]] = {}
+_sharded: dict[int, ShardedMap[str, object]] = {}
 
 
-def resources(clusters: dict[str, object], clas: dict[str, object]) -> Resources:
-    # Translation hands over the very same mapping for a type that did not change.
-    frozen_clusters = _frozen.setdefault(id(clusters), FrozenDict(clusters))
-    return Resources(FrozenDict({CLUSTER: frozen_clusters, ENDPOINT: FrozenDict(clas)}))  # type: ignore[dict-item]
+def sharded(mapping: Mapping[str, object]) -> ShardedMap[str, object]:
+    """The mapping as a ShardedMap, made once per dict (as translation keeps them)."""
+    if isinstance(mapping, ShardedMap):
+        return mapping
+    return _sharded.setdefault(id(mapping), ShardedMap.of(mapping.items()))
+
+
+def resources(clusters: Mapping[str, object], clas: Mapping[str, object]) -> Resources:
+    # Translation hands over the very same mapping for a type that did not change, and
+    # a changed one as a ShardedMap evolved from the previous one.
+    return Resources(FrozenDict({CLUSTER: sharded(clusters), ENDPOINT: sharded(clas)}))  # type: ignore[dict-item]
 
 
 class AckCounter(NullObserver):
@@ -155,10 +165,10 @@ async def fan_out(cache: SnapshotCache, snap: Snapshot, clas: dict, clusters: di
     gc.collect()
     rss_after = rss_mb()
     times = []
+    clas = sharded(clas)
     for k in range(5):
         name = next(iter(clas))
-        clas = dict(clas)
-        clas[name] = build_load_assignment(upstream(0, generation=k + 1), name)
+        clas = clas.evolve({name: build_load_assignment(upstream(0, generation=k + 1), name)})
         t = time.perf_counter()
         snap = Snapshot.from_resources(resources(clusters, clas), snap)
         counter.target, counter.acks, counter.need = snap.version(ENDPOINT), 0, streams
@@ -212,8 +222,9 @@ async def bytes_per_envoy(snap: Snapshot, clusters: dict, clas: dict) -> dict[st
                 r = await call.read()
             before = ads.status()[0].bytes_sent
             name = next(iter(clas))
-            changed = dict(clas)
-            changed[name] = build_load_assignment(upstream(0, generation=99), name)
+            changed = sharded(clas).evolve(
+                {name: build_load_assignment(upstream(0, generation=99), name)}
+            )
             cache.set_snapshot(
                 "default", Snapshot.from_resources(resources(clusters, changed), snap)
             )
@@ -251,8 +262,9 @@ async def main() -> None:
     samples = []
     cur = snap
     for k in range(30):
-        changed = dict(clas)
-        changed[name] = build_load_assignment(upstream(0, generation=k + 1), name)
+        changed = sharded(clas).evolve(
+            {name: build_load_assignment(upstream(0, generation=k + 1), name)}
+        )
         r = resources(clusters, changed)
         t = time.perf_counter()
         cur = Snapshot.from_resources(r, cur)
