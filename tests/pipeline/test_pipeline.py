@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -303,3 +305,81 @@ async def test_with_the_real_resolver_an_endpoint_change_rebuilds_only_its_servi
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class _Cycle:
+    """Cyclic garbage: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _large_build_resolver(
+    kept: list[object], cycles: list[weakref.ref[_Cycle]]
+) -> Callable[[World, ResolveSettings, Resolved | None, frozenset[ObjectRef]], Resolved]:
+    """A resolver that, like a full build of a large World, leaves many new objects behind."""
+
+    def resolve_fn(
+        world: World,
+        settings: ResolveSettings,
+        previous: Resolved | None,
+        changed: frozenset[ObjectRef],
+    ) -> Resolved:
+        kept.append([[] for _ in range(150_000)])
+        cycle = _Cycle()
+        cycles.append(weakref.ref(cycle))
+        return tiny_resolve(world)
+
+    return resolve_fn
+
+
+def _synced_store() -> Store:
+    store = Store()
+    store.upsert("dir", svc("web"))
+    store.mark_synced("dir")
+    return store
+
+
+def test_a_large_build_leaves_nothing_frozen_and_its_cyclic_garbage_collectable() -> None:
+    kept: list[object] = []
+    cycles: list[weakref.ref[_Cycle]] = []
+    p = Pipeline(
+        _synced_store(),
+        ResolveSettings(),
+        SnapshotPublisher(SnapshotCache()),
+        resolve_fn=_large_build_resolver(kept, cycles),
+    )
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert p.build_once()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    assert cycles[0]() is not None  # made while the collector was paused
+    gc.collect()
+    assert cycles[0]() is None
+
+
+def test_objects_frozen_by_someone_else_stay_frozen_across_a_large_build() -> None:
+    kept: list[object] = []
+    cycles: list[weakref.ref[_Cycle]] = []
+    p = Pipeline(
+        _synced_store(),
+        ResolveSettings(),
+        SnapshotPublisher(SnapshotCache()),
+        resolve_fn=_large_build_resolver(kept, cycles),
+    )
+    marker: list[object] = []  # tracked by the collector
+    gc.freeze()
+    try:
+        assert not _in_collector_generations(marker)
+        assert p.build_once()
+        assert gc.get_freeze_count() > 0
+        assert not _in_collector_generations(marker)
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+    assert _in_collector_generations(marker)
+
+
+def _in_collector_generations(obj: object) -> bool:
+    """Whether ``obj`` is in a generation the collector walks (frozen ones are not)."""
+    return any(o is obj for o in gc.get_objects())
