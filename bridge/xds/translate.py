@@ -72,9 +72,9 @@ from bridge.xds import names
 from bridge.xds.clusters import build_cluster, build_load_assignment
 from bridge.xds.listeners import (
     build_listener,
-    build_route,
     build_route_configuration,
     build_virtual_host,
+    fill_route,
 )
 from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
 from bridge.xds.secrets import build_secret
@@ -370,14 +370,21 @@ def _translate_vhosts(ir: Ir, prev: _Memo) -> Mapping[str, _VirtualHostMemo]:
         elif old is not None and old.vhost == vhost:
             out[vhost.host] = _VirtualHostMemo(vhost, old.message, old.routes)
         else:
-            old_routes = old.routes if old is not None else {}
+            old_routes = old.routes if old is not None else None
+            message = build_virtual_host(vhost, [])
+            # New routes are built inside the virtual host (no copy into it);
+            # the memo keeps those sub-messages for the next build to reuse.
+            add, append = message.routes.add, message.routes.append
             routes: dict[Route, Message] = {}
             for route in vhost.routes:
-                message = old_routes.get(route)
-                routes[route] = message if message is not None else build_route(route)
-            out[vhost.host] = _VirtualHostMemo(
-                vhost, build_virtual_host(vhost, [routes[r] for r in vhost.routes]), routes
-            )
+                reused = old_routes.get(route) if old_routes else None
+                if reused is not None:
+                    append(reused)  # a copy: upb messages have one parent
+                    routes[route] = reused
+                else:
+                    fill_route(built := add(), route)
+                    routes[route] = built
+            out[vhost.host] = _VirtualHostMemo(vhost, message, routes)
     return out
 
 
