@@ -49,7 +49,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import compress
+from operator import is_not, itemgetter
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
@@ -131,6 +132,11 @@ class _UpstreamTable:
     memos: ShardedMap[UpstreamKey, _UpstreamMemo]
     clusters: ShardedMap[str, Message]
     assignments: ShardedMap[str, Message]  # EDS upstreams only
+    # A plain (not sharded) source's keys and values in its order: the next
+    # plain source with the same keys is diffed by C-speed identity compares
+    # instead of a lookup per key.
+    keys: tuple[UpstreamKey, ...] | None = None
+    values: tuple[Upstream, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,18 +237,30 @@ def _translate_upstreams(
 ) -> _UpstreamTable:
     if source is prev.source:
         return prev
+    keys: tuple[UpstreamKey, ...] | None = None
+    values: tuple[Upstream, ...] | None = None
+    if not isinstance(source, ShardedMap):
+        keys, values = tuple(source.keys()), tuple(source.values())
     if not prev.memos:
-        return _build_upstreams(source)
+        return _build_upstreams(source, keys, values)
+    changed: Iterable[UpstreamKey]
     if isinstance(source, ShardedMap) and isinstance(prev.source, ShardedMap):
         # Both versions of resolve's persistent map: the diff skips every
         # shard they share, so it costs in proportion to the change.
-        changed: Iterable[UpstreamKey] = source.changed_since(prev.source)
+        changed = source.changed_since(prev.source)
+    elif keys is not None and values is not None and prev.values is not None and keys == prev.keys:
+        # The same keys in the same order (a plain mapping rebuilt by a change).
+        changed = [keys[i] for i in compress(range(len(keys)), map(is_not, values, prev.values))]
     else:
         changed = _changed_keys(source, prev.memos)
-    return _update_upstreams(source, prev, changed)
+    return _update_upstreams(source, prev, changed, keys, values)
 
 
-def _build_upstreams(source: Mapping[UpstreamKey, Upstream]) -> _UpstreamTable:
+def _build_upstreams(
+    source: Mapping[UpstreamKey, Upstream],
+    keys: tuple[UpstreamKey, ...] | None,
+    values: tuple[Upstream, ...] | None,
+) -> _UpstreamTable:
     """Every upstream from scratch (the first build): no lookups of a previous table."""
     memos = [_new_upstream_memo(upstream) for upstream in source.values()]
     return _UpstreamTable(
@@ -252,6 +270,8 @@ def _build_upstreams(source: Mapping[UpstreamKey, Upstream]) -> _UpstreamTable:
         ShardedMap.of(
             [(m.name, m.load_assignment) for m in memos if m.load_assignment is not None]
         ),
+        keys,
+        values,
     )
 
 
@@ -275,6 +295,8 @@ def _update_upstreams(
     source: Mapping[UpstreamKey, Upstream],
     prev: _UpstreamTable,
     changed: Iterable[UpstreamKey],
+    keys: tuple[UpstreamKey, ...] | None,
+    values: tuple[Upstream, ...] | None,
 ) -> _UpstreamTable:
     memos: dict[UpstreamKey, _UpstreamMemo] = {}
     clusters: dict[str, Message] = {}
@@ -305,6 +327,8 @@ def _update_upstreams(
         prev.memos.evolve(memos, removed),
         prev.clusters.evolve(clusters, removed_clusters),
         prev.assignments.evolve(assignments, removed_assignments),
+        keys,
+        values,
     )
 
 
