@@ -2,7 +2,10 @@
 
 A :class:`Snapshot` is made from a :class:`bridge.xds.resources.Resources`.
 Every resource is serialized once (deterministically) into ``Any`` bytes and
-versioned by a hash of those bytes. A resource whose message object *is* the
+versioned by a hash of those bytes. Where the Resources hand over a message's
+bytes (``Resources.encoded``, a pair whose message *is* the one entered) those
+bytes are used instead of serializing it again; a pair for any other object
+is ignored. A resource whose message object *is* the
 one in the previous snapshot reuses the previous entry, so one endpoint change
 costs work in proportion to the change: type versions are kept as an
 order-independent mix (XOR) of the per-resource hashes and updated
@@ -30,7 +33,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2 as cluster_v3
 from envoy.config.listener.v3 import listener_pb2 as listener_v3
@@ -43,11 +46,20 @@ from google.protobuf.message import Message
 from bridge.errors import ConsistencyError
 from bridge.model.sharded import ShardedMap
 from bridge.server.wire import any_prefix, varint
-from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
+from bridge.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Encoded,
+    Resources,
+)
 
 DEFAULT_GROUP = "default"
 
 Ref = tuple[str, str]  # (type URL, resource name) that a resource needs
+_V = TypeVar("_V")
 
 _KIND = {
     LISTENER: "listener",
@@ -106,14 +118,25 @@ _NAME_OF: dict[str, Callable[[Message], str]] = {
 }
 _NO_NAME: Callable[[Message], str] = operator.attrgetter("__class__")  # never a str
 _new_entry = tuple.__new__
+_NO_ENCODED: Mapping[str, Encoded] = {}
 # type URL -> value length -> the Any's bytes before its value (type URL field,
 # value tag and length): one dict lookup per resource instead of a varint call.
 _ANY_HEADS: dict[str, dict[int, bytes]] = {}
 _MAX_HEAD_LEN = 1 << 14
 
 
-def _entries(type_url: str, items: Iterable[tuple[str, Message]]) -> list[Entry]:
+def _entries(
+    type_url: str,
+    items: Iterable[tuple[str, Message]],
+    encoded: Mapping[str, Encoded] = _NO_ENCODED,
+) -> list[Entry]:
     """An entry per (name, message): serialized once, hashed once.
+
+    A message whose pair in ``encoded`` carries that very object is not
+    serialized: the pair's bytes are its deterministic serialization (the
+    producer's promise, see ``Resources.encoded``). A pair carrying any other
+    object is ignored: bytes are never taken for a message they were not
+    made with.
 
     The version is the first 8 bytes of the SHA-256 of the deterministic
     serialization, and ``mix`` (the entry's share of the type version, an XOR
@@ -135,8 +158,16 @@ def _entries(type_url: str, items: Iterable[tuple[str, Message]]) -> list[Entry]
     from_bytes = int.from_bytes
     out: list[Entry] = []
     append = out.append
-    for name, message in items:
-        value = message.SerializeToString(deterministic=True)
+    if encoded:
+        items = list(items)
+        pairs: Iterable[Encoded | None] = _lookup(encoded, map(_NAME, items))
+    else:
+        pairs = itertools.repeat(None)
+    for (name, message), pair in zip(items, pairs, strict=False):  # pairs may be endless
+        if pair is not None and pair[0] is message:
+            value = pair[1]
+        else:
+            value = message.SerializeToString(deterministic=True)
         digest = sha256(value).digest()[:8]
         size = len(value)
         head = heads.get(size)
@@ -300,21 +331,22 @@ class Snapshot:
         fresh: list[str] = []  # types that had no entries: refs to them may resolve now
         for type_url in sorted(set(resources.by_type) | set(prev_types)):
             source = resources.of(type_url)
+            encoded = resources.encoded_of(type_url)
             prev = prev_types.get(type_url)
             if prev is not None and prev.source is source:
                 types[type_url] = prev
                 continue
             if prev is None or not prev.entries:
-                ts, names = _fresh_type(type_url, source, refs)
+                ts, names = _fresh_type(type_url, source, encoded, refs)
                 fresh.append(type_url)
             elif (
                 isinstance(source, ShardedMap)
                 and isinstance(prev.source, ShardedMap)
                 and isinstance(prev.entries, ShardedMap)
             ):
-                ts, names = _evolved_type(type_url, source, prev, refs)
+                ts, names = _evolved_type(type_url, source, encoded, prev, refs)
             else:
-                ts, names = _rebuilt_type(type_url, source, prev, refs)
+                ts, names = _rebuilt_type(type_url, source, encoded, prev, refs)
             if names:
                 changed[type_url] = frozenset(names)
             if ts.entries or type_url in resources.by_type:
@@ -367,10 +399,13 @@ _SECOND = operator.itemgetter(1)  # a Ref's name
 
 
 def _fresh_type(
-    type_url: str, source: Mapping[str, Message], refs: _RefCounts
+    type_url: str,
+    source: Mapping[str, Message],
+    encoded: Mapping[str, Encoded],
+    refs: _RefCounts,
 ) -> tuple[TypeSnapshot, list[str]]:
     """A type with no previous entries: every resource is new."""
-    made = _entries(type_url, source.items())
+    made = _entries(type_url, source.items(), encoded)
     names = list(map(_NAME, made))
     refs.add_new(list(chain.from_iterable(map(_REFS, made))))
     mix = functools.reduce(operator.xor, map(_MIX, made), 0)
@@ -383,7 +418,11 @@ def _fresh_type(
 
 
 def _evolved_type(
-    type_url: str, source: ShardedMap[str, Message], prev: TypeSnapshot, refs: _RefCounts
+    type_url: str,
+    source: ShardedMap[str, Message],
+    encoded: Mapping[str, Encoded],
+    prev: TypeSnapshot,
+    refs: _RefCounts,
 ) -> tuple[TypeSnapshot, list[str]]:
     """A sharded source evolved from the previous one: work in proportion to the change.
 
@@ -395,7 +434,9 @@ def _evolved_type(
     dirty = source.changed_since(prev.source)
     messages = source.get_many(dirty)
     made = _entries(
-        type_url, [(n, m) for n, m in zip(dirty, messages, strict=True) if m is not None]
+        type_url,
+        [(n, m) for n, m in zip(dirty, messages, strict=True) if m is not None],
+        encoded,
     )
     removed = [n for n, m in zip(dirty, messages, strict=True) if m is None and n in prev_entries]
     mix, names = _account(type_url, made, prev_entries, removed, prev.mix, refs)
@@ -404,14 +445,18 @@ def _evolved_type(
 
 
 def _rebuilt_type(
-    type_url: str, source: Mapping[str, Message], prev: TypeSnapshot, refs: _RefCounts
+    type_url: str,
+    source: Mapping[str, Message],
+    encoded: Mapping[str, Encoded],
+    prev: TypeSnapshot,
+    refs: _RefCounts,
 ) -> tuple[TypeSnapshot, list[str]]:
     """Any other source: find the messages that are not the previous ones by identity."""
     prev_entries = prev.entries
     names_now = tuple(source.keys())
     messages_now = tuple(source.values())
     dirty = _dirty(prev, prev_entries, names_now, messages_now)
-    made = _entries(type_url, dirty)
+    made = _entries(type_url, dirty, encoded)
     # Names are only ever added by ``made``: any shortfall is a removal.
     added = sum(1 for e in made if e.name not in prev_entries)
     removed = (
@@ -524,7 +569,7 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _lookup(entries: Mapping[str, Entry], names: Iterable[str]) -> list[Entry | None]:
+def _lookup(entries: Mapping[str, _V], names: Iterable[str]) -> list[_V | None]:
     """``[entries.get(n) for n in names]``, without a Python call per name."""
     if isinstance(entries, ShardedMap):
         return entries.get_many(names)

@@ -32,7 +32,9 @@ How, for speed (a cold build makes 10k clusters and 100k endpoints):
 - a ClusterLoadAssignment is encoded straight to protobuf wire bytes by
   :func:`encode_load_assignment` (a few string joins per zone instead of
   four sub-message writes per endpoint) and parsed by upb into the message
-  handed out: callers still get an ordinary ``ClusterLoadAssignment``.
+  handed out: callers still get an ordinary ``ClusterLoadAssignment``, and
+  :func:`encoded_load_assignment` gives them the bytes too (they are the
+  message's deterministic serialization, so nobody need serialize it again).
   :func:`build_load_assignment_fields` builds the same message field by
   field; the tests prove the two byte-identical under upb's deterministic
   serialization.
@@ -180,9 +182,22 @@ def build_load_assignment(
     upstream: Upstream, name: str | None = None
 ) -> endpoint_v3.ClusterLoadAssignment:
     """The ClusterLoadAssignment of an EDS upstream: one locality entry per zone."""
+    return encoded_load_assignment(upstream, name)[0]
+
+
+def encoded_load_assignment(
+    upstream: Upstream, name: str | None = None
+) -> tuple[endpoint_v3.ClusterLoadAssignment, bytes]:
+    """:func:`build_load_assignment`, with the bytes the message was parsed from.
+
+    The bytes are the message's deterministic serialization (see
+    :func:`encode_load_assignment`): the caller hands them to the snapshot
+    cache instead of having it serialize the message again.
+    """
     if name is None:
         name = names.cluster_name(upstream.key)
-    return _parse_load_assignment(encode_load_assignment(upstream.endpoints, name))
+    value = encode_load_assignment(upstream.endpoints, name)
+    return _parse_load_assignment(value), value
 
 
 _parse_load_assignment = endpoint_v3.ClusterLoadAssignment.FromString

@@ -24,7 +24,13 @@ cache can reuse serialized bytes and versions by identity. Concretely:
 Work in proportion to the change. The CDS and EDS mappings (and the
 per-upstream memos behind them) are :class:`~bridge.model.sharded.ShardedMap`
 versions evolved from the previous translation's: one changed upstream
-copies one shard of each, nothing else. When ``ir.upstreams`` and the
+copies one shard of each, nothing else.
+
+Bytes handed over. A ClusterLoadAssignment is parsed from the wire bytes
+:mod:`bridge.xds.clusters` encodes, which are its deterministic
+serialization; ``Resources.encoded[ENDPOINT]`` carries each (message, bytes)
+pair, a ShardedMap with the EDS mapping's keys evolved in lockstep with it,
+so the cache does not serialize the message a second time. When ``ir.upstreams`` and the
 previous IR's are both ShardedMaps (resolve evolves one from the other), the
 changed upstreams are found with ``changed_since``, skipping every shared
 shard; any other mapping is compared key by key (one C-speed pass), with the
@@ -70,14 +76,22 @@ from bridge.model.ir import (
 )
 from bridge.model.sharded import ShardedMap
 from bridge.xds import names
-from bridge.xds.clusters import build_cluster, build_load_assignment
+from bridge.xds.clusters import build_cluster, encoded_load_assignment
 from bridge.xds.listeners import (
     build_listener,
     build_route_configuration,
     build_virtual_host,
     fill_route,
 )
-from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
+from bridge.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Encoded,
+    Resources,
+)
 from bridge.xds.secrets import build_secret
 
 __all__ = ["RedactedSecrets", "Translation", "translate"]
@@ -116,22 +130,25 @@ class _UpstreamMemo(NamedTuple):
     upstream: Upstream
     name: str
     cluster: Message
-    load_assignment: Message | None  # EDS only
+    load_assignment: Encoded | None  # EDS only: the message and its canonical bytes
 
 
 @dataclass(frozen=True, slots=True)
 class _UpstreamTable:
     """Upstream memos by key, and the CDS/EDS mappings made from them.
 
-    All three maps are :class:`ShardedMap` versions evolved from the previous
-    table's, so a change costs in proportion to itself: the untouched shards
-    are shared, nothing is copied whole or re-sorted.
+    ``encoded`` holds the EDS messages with their bytes, under the same keys
+    as ``assignments`` (the two evolve in lockstep). All four maps are
+    :class:`ShardedMap` versions evolved from the previous table's, so a
+    change costs in proportion to itself: the untouched shards are shared,
+    nothing is copied whole or re-sorted.
     """
 
     source: Mapping[UpstreamKey, Upstream]  # the IR mapping this was made from
     memos: ShardedMap[UpstreamKey, _UpstreamMemo]
     clusters: ShardedMap[str, Message]
     assignments: ShardedMap[str, Message]  # EDS upstreams only
+    encoded: ShardedMap[str, Encoded]  # assignments' messages with their bytes
     # A plain (not sharded) source's keys and values in its order: the next
     # plain source with the same keys is diffed by C-speed identity compares
     # instead of a lookup per key.
@@ -180,7 +197,9 @@ class _Memo:
 
 _EMPTY_MEMO = _Memo(
     Ir(),
-    _UpstreamTable(FrozenDict(), ShardedMap.of(()), ShardedMap.of(()), ShardedMap.of(())),
+    _UpstreamTable(
+        FrozenDict(), ShardedMap.of(()), ShardedMap.of(()), ShardedMap.of(()), ShardedMap.of(())
+    ),
     {},
     {},
     {},
@@ -229,7 +248,8 @@ def translate(ir: Ir, previous: Translation | None = None) -> Translation:
         ),
     }
     memo = _Memo(ir, upstreams, vhosts, listeners, route_configs, secrets)
-    return Translation(Resources(FrozenDict(by_type)), memo)
+    encoded = FrozenDict({ENDPOINT: upstreams.encoded})
+    return Translation(Resources(FrozenDict(by_type), encoded), memo)
 
 
 def _translate_upstreams(
@@ -263,13 +283,13 @@ def _build_upstreams(
 ) -> _UpstreamTable:
     """Every upstream from scratch (the first build): no lookups of a previous table."""
     memos = [_new_upstream_memo(upstream) for upstream in source.values()]
+    encoded = [(m.name, m.load_assignment) for m in memos if m.load_assignment is not None]
     return _UpstreamTable(
         source,
         ShardedMap.of(zip(source.keys(), memos, strict=True)),
         ShardedMap.of([(m.name, m.cluster) for m in memos]),
-        ShardedMap.of(
-            [(m.name, m.load_assignment) for m in memos if m.load_assignment is not None]
-        ),
+        ShardedMap.of([(name, pair[0]) for name, pair in encoded]),
+        ShardedMap.of(encoded),
         keys,
         values,
     )
@@ -301,6 +321,7 @@ def _update_upstreams(
     memos: dict[UpstreamKey, _UpstreamMemo] = {}
     clusters: dict[str, Message] = {}
     assignments: dict[str, Message] = {}
+    encoded: dict[str, Encoded] = {}
     removed: list[UpstreamKey] = []
     removed_clusters: list[str] = []
     removed_assignments: list[str] = []
@@ -321,12 +342,14 @@ def _update_upstreams(
         if new.load_assignment is None:
             removed_assignments.append(new.name)
         elif old is None or new.load_assignment is not old.load_assignment:
-            assignments[new.name] = new.load_assignment
+            assignments[new.name] = new.load_assignment[0]
+            encoded[new.name] = new.load_assignment
     return _UpstreamTable(
         source,
         prev.memos.evolve(memos, removed),
         prev.clusters.evolve(clusters, removed_clusters),
         prev.assignments.evolve(assignments, removed_assignments),
+        prev.encoded.evolve(encoded, removed_assignments),
         keys,
         values,
     )
@@ -338,7 +361,7 @@ def _new_upstream_memo(upstream: Upstream) -> _UpstreamMemo:
         upstream,
         name,
         build_cluster(upstream, name),
-        build_load_assignment(upstream, name) if upstream.discovery is Discovery.EDS else None,
+        encoded_load_assignment(upstream, name) if upstream.discovery is Discovery.EDS else None,
     )
 
 
@@ -352,7 +375,7 @@ def _translate_upstream(upstream: Upstream, old: _UpstreamMemo | None) -> _Upstr
     elif old.load_assignment is not None and before.endpoints == upstream.endpoints:
         load_assignment = old.load_assignment
     else:
-        load_assignment = build_load_assignment(upstream, old.name)
+        load_assignment = encoded_load_assignment(upstream, old.name)
     return _UpstreamMemo(
         upstream,
         old.name,

@@ -24,7 +24,15 @@ from bridge.server.wire import (
     encode_discovery_response,
     encode_resource,
 )
-from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
+from bridge.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Encoded,
+    Resources,
+)
 from tests.server.builders import (
     cla,
     cluster,
@@ -425,3 +433,86 @@ def test_incremental_snapshots_equal_fresh_ones_whatever_the_history(
             after = {n: m.SerializeToString() for n, m in plain.items()}
             differ = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
             assert snap.changed.get(ENDPOINT, frozenset()) == differ
+
+
+# -- bytes handed over by the producer (Resources.encoded) ---------------------
+
+
+def handing_over(r: Resources, type_url: str, pairs: Mapping[str, Encoded]) -> Resources:
+    """``r`` with ``pairs`` handed over as the canonical bytes of ``type_url``'s messages."""
+    return Resources(r.by_type, FrozenDict({type_url: pairs}))
+
+
+def canonical(r: Resources, type_url: str) -> dict[str, Encoded]:
+    return {n: (m, m.SerializeToString(deterministic=True)) for n, m in r.of(type_url).items()}
+
+
+def wire_of(s: Snapshot) -> dict[str, tuple[str, dict[str, tuple[str, bytes]]]]:
+    return {
+        t: (s.version(t), {n: (e.version, e.any_bytes) for n, e in s.entries(t).items()})
+        for t in s.types
+    }
+
+
+def later(r: Resources, sharded_source: bool) -> Resources:
+    """``r`` with one load assignment changed, as the next build hands it over."""
+    new = cla("c7", [("10.9.9.9", 80)])
+    if sharded_source:
+        return evolve(r, ENDPOINT, {"c7": new})
+    return resources(new, base=r)
+
+
+@pytest.mark.parametrize("sharded_source", [True, False], ids=["sharded", "plain"])
+def test_handed_over_bytes_make_the_snapshot_serializing_makes(sharded_source: bool) -> None:
+    r1 = sharded(big_world(), CLUSTER, ENDPOINT) if sharded_source else big_world()
+    r2 = later(r1, sharded_source)
+    plain1 = Snapshot.from_resources(r1)
+    plain2 = Snapshot.from_resources(r2, plain1)
+    h1 = handing_over(r1, ENDPOINT, canonical(r1, ENDPOINT))
+    h2 = handing_over(r2, ENDPOINT, canonical(r2, ENDPOINT))
+    fast1 = Snapshot.from_resources(h1)
+    fast2 = Snapshot.from_resources(h2, fast1)
+    assert wire_of(fast1) == wire_of(plain1)
+    assert wire_of(fast2) == wire_of(plain2)
+    assert fast2.changed == plain2.changed == {ENDPOINT: frozenset({"c7"})}
+    assert_same_as_fresh(fast2, r2)
+
+
+@pytest.mark.parametrize("history", ["fresh", "sharded", "plain"])
+def test_handed_over_bytes_are_used_for_their_own_message_only(history: str) -> None:
+    base = sharded(big_world(), CLUSTER, ENDPOINT) if history == "sharded" else big_world()
+    r = later(base, history == "sharded") if history != "fresh" else base
+    previous = Snapshot.from_resources(base) if history != "fresh" else None
+    ours = r.of(ENDPOINT)["c7"]
+    twin = cla("c7", [("10.9.9.9", 80)] if history != "fresh" else [("10.0.0.7", 80)])
+    assert twin == ours and twin is not ours
+    marker = b"\x0a\x02c7"  # a valid assignment, but not c7's: shows whose bytes were used
+    # A pair carrying another object (even an equal one) is never trusted.
+    ignored = Snapshot.from_resources(handing_over(r, ENDPOINT, {"c7": (twin, marker)}), previous)
+    expected = Snapshot.from_resources(r, previous).entries(ENDPOINT)["c7"]
+    entry = ignored.entries(ENDPOINT)["c7"]
+    assert (entry.version, entry.any_bytes) == (expected.version, expected.any_bytes)
+    # A pair carrying the message itself is taken at its word: no second serialization.
+    taken = Snapshot.from_resources(handing_over(r, ENDPOINT, {"c7": (ours, marker)}), previous)
+    assert taken.entries(ENDPOINT)["c7"].any_bytes.endswith(marker)
+    assert taken.entries(ENDPOINT)["c7"].version != expected.version
+    # Names without a pair are serialized as ever.
+    assert taken.entries(ENDPOINT)["c8"].any_bytes == expected_bytes(r, "c8")
+
+
+def expected_bytes(r: Resources, name: str) -> bytes:
+    return Snapshot.from_resources(r).entries(ENDPOINT)[name].any_bytes
+
+
+def test_one_change_with_handed_over_bytes_copies_one_shard_of_entries() -> None:
+    r1 = sharded(big_world(), CLUSTER, ENDPOINT)
+    pairs1 = ShardedMap.of(canonical(r1, ENDPOINT).items())
+    s1 = Snapshot.from_resources(handing_over(r1, ENDPOINT, pairs1))
+    r2 = later(r1, True)
+    c7 = r2.of(ENDPOINT)["c7"]
+    pairs2 = pairs1.evolve({"c7": (c7, c7.SerializeToString(deterministic=True))})
+    s2 = Snapshot.from_resources(handing_over(r2, ENDPOINT, pairs2), s1)
+    before, after = shards(s1.entries(ENDPOINT)), shards(s2.entries(ENDPOINT))
+    assert sum(a is not b for a, b in zip(before, after, strict=True)) == 1
+    assert s2.types[CLUSTER] is s1.types[CLUSTER]
+    assert_same_as_fresh(s2, r2)

@@ -30,6 +30,7 @@ from bridge.model.ir import (
     UpstreamTls,
 )
 from bridge.model.sharded import ShardedMap
+from bridge.server.cache import Snapshot
 from bridge.xds import names
 from bridge.xds import translate as translate_module
 from bridge.xds.clusters import (
@@ -38,6 +39,7 @@ from bridge.xds.clusters import (
     build_load_assignment,
     build_load_assignment_fields,
     encode_load_assignment,
+    encoded_load_assignment,
 )
 from bridge.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
 from bridge.xds.translate import Translation, translate
@@ -244,6 +246,7 @@ def test_incremental_translation_equals_a_full_one(
         step = translate(Ir(upstreams=source), previous)
         cold = translate(Ir(upstreams=FrozenDict(dict(current.items()))))
         assert wire(step.resources) == wire(cold.resources)
+        assert_bytes_handed_over(step)
         # Untouched upstreams kept their message objects.
         untouched = {
             names.cluster_name(k) for k in before if k not in updates and k not in removals
@@ -254,6 +257,89 @@ def test_incremental_translation_equals_a_full_one(
                 previous.resources, step.resources, type_url
             )
         previous = step
+
+
+# -- load assignment bytes handed to the cache ------------------------------------
+
+
+def assert_bytes_handed_over(t: Translation) -> None:
+    """Every EDS message comes with its own deterministic serialization, and nothing else."""
+    assignments, encoded = t.resources.of(ENDPOINT), t.resources.encoded_of(ENDPOINT)
+    assert set(encoded) == set(assignments)
+    for name, (message, value) in encoded.items():
+        assert message is assignments[name]
+        assert value == message.SerializeToString(deterministic=True)
+    assert set(t.resources.encoded) == {ENDPOINT}
+
+
+def test_each_load_assignment_comes_with_its_canonical_bytes() -> None:
+    first = translate(sharded_ir())
+    assert_bytes_handed_over(first)
+    assert isinstance(first.resources.encoded_of(ENDPOINT), ShardedMap)
+    plain = translate(rich_ir())
+    assert_bytes_handed_over(plain)
+
+
+def test_one_endpoint_change_copies_one_shard_of_the_handed_over_bytes(
+    diff_only: list[int],
+) -> None:
+    ir = sharded_ir()
+    first = translate(ir)
+    web = ir.upstreams[key("default", "web")]
+    moved = dataclasses.replace(web, endpoints=(Endpoint("10.9.9.9", 8080, "z"),))
+    second = translate(evolved(ir, {web.key: moved}), first)
+    assert_bytes_handed_over(second)
+    before, after = first.resources.encoded_of(ENDPOINT), second.resources.encoded_of(ENDPOINT)
+    assert isinstance(before, ShardedMap) and isinstance(after, ShardedMap)
+    unshared = [
+        i for i, (a, b) in enumerate(zip(before._shards, after._shards, strict=True)) if a is not b
+    ]
+    assert len(unshared) == 1
+    name = names.cluster_name(web.key)
+    assert name in after._shards[unshared[0]]
+    assert after[name] is not before[name]
+    assert before[name][0] is first.resources.of(ENDPOINT)[name]  # the older one intact
+    # A change that leaves the endpoints alone hands over the very same map.
+    third = translate(
+        evolved(ir, {web.key: dataclasses.replace(web, connect_timeout_ms=999)}), first
+    )
+    assert third.resources.encoded_of(ENDPOINT) is before
+
+
+def test_removal_and_discovery_flip_drop_the_bytes_with_the_message() -> None:
+    ir = sharded_ir()
+    first = translate(ir)
+    web = ir.upstreams[key("default", "web")]
+    as_dns = dataclasses.replace(web, discovery=Discovery.STRICT_DNS, dns=DnsTarget("web", 80))
+    second = translate(evolved(ir, {web.key: as_dns}, (key("default", "idle"),)), first)
+    assert_bytes_handed_over(second)
+    assert names.cluster_name(web.key) not in second.resources.encoded_of(ENDPOINT)
+
+
+def test_the_cache_makes_the_same_snapshot_from_the_handed_over_bytes() -> None:
+    ir = sharded_ir()
+    first = translate(ir)
+    web = ir.upstreams[key("default", "web")]
+    moved = dataclasses.replace(web, endpoints=(Endpoint("10.9.9.9", 8080, "z"),))
+    second = translate(evolved(ir, {web.key: moved}), first)
+    fast1 = Snapshot.from_resources(first.resources)
+    fast2 = Snapshot.from_resources(second.resources, fast1)
+    slow1 = Snapshot.from_resources(Resources(first.resources.by_type))
+    slow2 = Snapshot.from_resources(Resources(second.resources.by_type), slow1)
+    for fast, slow in ((fast1, slow1), (fast2, slow2)):
+        assert set(fast.types) == set(slow.types)
+        for t in slow.types:
+            assert fast.version(t) == slow.version(t)
+            assert {n: e.any_bytes for n, e in fast.entries(t).items()} == {
+                n: e.any_bytes for n, e in slow.entries(t).items()
+            }
+    assert fast2.changed == slow2.changed == {ENDPOINT: frozenset({names.cluster_name(web.key)})}
+
+
+def test_handed_over_bytes_do_not_make_resources_unequal() -> None:
+    t = translate(rich_ir())
+    assert Resources(t.resources.by_type) == t.resources
+    assert Resources().encoded_of(ENDPOINT) == {}
 
 
 # -- the encoders are what upb would write ------------------------------------------
@@ -279,6 +365,9 @@ def test_load_assignment_bytes_are_upb_deterministic_serialization(
     reference = build_load_assignment_fields(upstream, name)
     assert encode_load_assignment(eps, name) == reference.SerializeToString(deterministic=True)
     assert build_load_assignment(upstream, name) == reference
+    message, value = encoded_load_assignment(upstream, name)
+    assert message == reference
+    assert value == reference.SerializeToString(deterministic=True)
 
 
 def test_many_endpoints_in_one_zone_encode_long_lengths() -> None:
