@@ -3,6 +3,11 @@
 Only the fields meshbridge reads are kept. Every type is a frozen, slotted
 dataclass; label/annotation/data maps are :class:`FrozenDict`. Raw wire
 dicts never get past the adapter (or the directory source) that read them.
+
+EndpointSlices and Pods also carry a few facts derived from their fields at
+construction (``__post_init__``; not compared, not printed) that every
+build would otherwise work out again: a slice's ready endpoints per port and
+its Pod names, whether a Pod carries a mesh marker.
 """
 
 from __future__ import annotations
