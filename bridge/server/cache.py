@@ -45,7 +45,8 @@ from google.protobuf.message import Message
 
 from bridge.errors import ConsistencyError
 from bridge.model.sharded import ShardedMap
-from bridge.server.wire import any_prefix, varint
+from bridge.server.wire import any_prefix
+from bridge.xds.protowire import varint
 from bridge.xds.resources import (
     CLUSTER,
     ENDPOINT,

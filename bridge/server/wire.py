@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from bridge.xds.protowire import length_delimited, varint
+
 # Wire type 2 (length-delimited) tags: (field_number << 3) | 2.
 _ANY_TYPE_URL = b"\x0a"  # Any.type_url = 1
 _ANY_VALUE = b"\x12"  # Any.value = 2
@@ -30,22 +32,7 @@ _DDR_REMOVED = b"\x32"  # DeltaDiscoveryResponse.removed_resources = 6
 _RES_VERSION = b"\x0a"  # Resource.version = 1
 _RES_RESOURCE = b"\x12"  # Resource.resource = 2
 _RES_NAME = b"\x1a"  # Resource.name = 3
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
-
-
-def varint(n: int) -> bytes:
-    if n < 0x80:
-        return _ONE_BYTE[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + varint(len(payload)) + payload
+_field = length_delimited
 
 
 def encode_any(type_url: str, value: bytes) -> bytes:

@@ -60,6 +60,7 @@ from google.protobuf import duration_pb2 as duration_v
 
 from bridge.model.ir import Discovery, Endpoint, Protocol, Upstream, UpstreamKey, UpstreamTls
 from bridge.xds import names
+from bridge.xds.protowire import length_delimited, varint
 
 _K = TypeVar("_K")
 
@@ -238,23 +239,8 @@ def build_load_assignment_fields(
 # present even when empty: what upb's deterministic serialization writes.
 
 
-_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _ONE_BYTE[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: bytes, body: bytes) -> bytes:
-    """A length-delimited field: its tag, the body's length, the body."""
-    return tag + _varint(len(body)) + body
+_varint = varint
+_field = length_delimited
 
 
 class _Fields(dict[_K, bytes]):
