@@ -299,7 +299,7 @@ def _secret_diags(
     config = {
         Mesh.ISTIO: "istio.identity (ca or files:DIR)",
         Mesh.LINKERD: "linkerd.mode (ca, sidecar or files:DIR)",
-    }.get(mesh, "consul.connect: true with consul.address")
+    }.get(mesh, "consul.connect: true with consul.address, or consul.identity: files:DIR")
     if identity_secret(mesh) not in secrets:
         out.append(
             _diag(
