@@ -12,13 +12,18 @@ See :mod:`bridge.demo` for the story. The steps:
    files 0600, all removed at exit). The gateway's keys reach its Envoy
    over SDS from meshbridge's memory.
 3. Sidecars: a real Envoy per meshed Service enforcing that mesh's inbound
-   rules (:mod:`bridge.demo.meshes`), in front of its backend.
+   rules (:mod:`bridge.demo.meshes`), in front of its backend. Each binds a
+   port of its own (port 0, read back from its admin; see
+   :mod:`bridge.demo.envoy`), which goes into the world's EndpointSlices.
 4. meshbridge: the world (EndpointSlices pointed at the backends and
    sidecars) through the directory source, the gateway's identities through
    ``files:DIR`` providers from the config (``istio.identity``,
    ``linkerd.mode``, ``consul.identity``: ``files:DIR``) exactly as ``serve``
    builds them — the pipeline and the xDS server, in process.
-5. The gateway: a real Envoy from :func:`bridge.bootstrap.bootstrap_yaml`.
+5. The gateway: a real Envoy from :func:`bridge.bootstrap.bootstrap_yaml`,
+   on a port the demo holds for it from the start (it is in the config).
+   Requests start once its listener is up and every route's cluster has
+   its endpoints.
 6. Traffic: every route answers once; then a steady load runs on every route
    while the gateway's identity in every mesh is rotated (new certificate
    and key written into the ``OUTPUT_CERTS`` directories). The demo waits
@@ -38,7 +43,6 @@ import asyncio
 import datetime as dt
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -61,7 +65,7 @@ from bridge.config import (
     XdsConfig,
 )
 from bridge.demo.backends import NameServer
-from bridge.demo.envoy import DemoEnvoy, envoy_binary
+from bridge.demo.envoy import DemoEnvoy, PortReservation, envoy_binary
 from bridge.demo.meshes import (
     Backend,
     DemoMeshCa,
@@ -89,7 +93,7 @@ from bridge.model.k8s import Kind
 from bridge.resolve.meshtls import consul_gateway_spiffe
 from bridge.sources.dir import DirSource
 from bridge.store import Store
-from bridge.xds.names import cluster_name
+from bridge.xds.names import cluster_name, listener_name
 
 NODE_ID = "meshbridge-demo-gateway"
 PLAIN_BACKENDS = ("alpha", "beta")
@@ -97,6 +101,7 @@ MESHES = (Mesh.ISTIO, Mesh.LINKERD, Mesh.CONSUL)
 IMPOSTOR_ENV = "MESHBRIDGE_DEMO_IMPOSTOR"
 
 FIRST_ANSWER_DEADLINE = 20.0  # seconds for the gateway to answer its first route
+CONFIG_DEADLINE = 20.0  # seconds for the gateway's listener and clusters to arrive over xDS
 ROUTE_GRACE = 3.0  # once one route answers, the config is in: each other route gets this long
 LOAD_RATE = 40.0  # requests per second per route
 LOAD_MIN_REQUESTS = 25  # per route, before the rotation and again after it took effect
@@ -111,12 +116,6 @@ ENFORCES = {
     Mesh.CONSUL: "client cert from the Connect root, intention allows the gateway only",
 }
 CA_BACKDATE = dt.timedelta(minutes=5)  # certificates valid from a little before now
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(listen_port: int, agents: Path) -> Config:
@@ -286,6 +285,24 @@ def route_checks(
                 )
             )
     return out
+
+
+async def gateway_configured(gateway: DemoEnvoy, config: Config, checks: list[RouteCheck]) -> None:
+    """Wait until the gateway listens on its port and has every route's cluster with endpoints.
+
+    The listener must come up (a clear error if it cannot, e.g. its port is
+    in use); the clusters are waited for up to :data:`CONFIG_DEADLINE`, and
+    a route whose cluster never arrives is then reported by its row.
+    """
+    for listener in config.resolve_settings().listeners:
+        await gateway.wait_listener(listener_name(listener), listener.port, timeout=CONFIG_DEADLINE)
+    wanted = {cluster_name(c.route.upstream) for c in checks}
+    deadline = time.monotonic() + CONFIG_DEADLINE
+    # The admin is asked from a thread: this loop serves the gateway's xDS meanwhile.
+    while not wanted <= await asyncio.to_thread(gateway.clusters_with_hosts):
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.05)  # the clusters arrive over xDS
 
 
 async def first_answers(port: int, checks: list[RouteCheck]) -> list[Answer]:
@@ -462,6 +479,7 @@ async def run(out: TextIO = sys.stdout, *, impostor: Mesh | None = None) -> int:
     envoys: list[DemoEnvoy] = []
     loads: list[RouteLoad] = []
     app: Bridge | None = None
+    reservation: PortReservation | None = None
     try:
         for b in [*plain, *(s.backend for s in sidecars)]:
             await b.start()
@@ -469,28 +487,37 @@ async def run(out: TextIO = sys.stdout, *, impostor: Mesh | None = None) -> int:
         # The meshes' CAs, the gateway's identities (OUTPUT_CERTS), the sidecars' certs.
         now = dt.datetime.now(dt.UTC) - CA_BACKDATE
         cas = {mesh: DemoMeshCa(mesh, now=now) for mesh in MESHES}
-        listen_port = free_port()
+        # The gateway's port is in meshbridge's config before its Envoy starts:
+        # reserved until that Envoy binds it. Every other Envoy port is bound by
+        # Envoy itself (port 0) and read back from its admin.
+        reservation = PortReservation()
+        listen_port = reservation.port
         config = demo_config(listen_port, agents)
         gateway_certs = {mesh: gateway_identity(ca, config, now) for mesh, ca in cas.items()}
         for mesh, ca in cas.items():
             ca.write_output_certs(gateway_certs_dir(agents, mesh), gateway_certs[mesh])
         for side in sidecars:
             ca = cas[side.workload.mesh]
-            side.port = free_port()
             cert = SdsFile(name="server", path=str(agents / side.workload.name / "server.json"))
             write_sds_certificate(
                 cert,
                 sidecar_certificate(side, ca, config, now, impostor is side.workload.mesh),
             )
-            admin_port = free_port()
             side.envoy = DemoEnvoy(
-                yaml.safe_dump(sidecar_bootstrap(side, ca, config, cert, admin_port)),
-                admin_port=admin_port,
+                yaml.safe_dump(sidecar_bootstrap(side, ca, config, cert, admin_port=0)),
                 workdir=workdir,
                 name=side.workload.name,
             )
             envoys.append(side.envoy)
             side.envoy.launch()
+        for side in sidecars:
+            assert side.envoy is not None
+            await side.envoy.wait_ready()
+            side.port = side.envoy.listener_ports().get(f"inbound_{side.workload.name}", 0)
+            if not side.port:
+                raise MeshbridgeError(
+                    f"envoy ({side.workload.name}) reports no listener:\n{side.envoy.log_tail()}"
+                )
 
         # The world, with endpoints at the plain backends (in turn) and at the sidecars.
         ports: dict[ServiceKey, int] = {s.workload.key: s.port for s in sidecars}
@@ -537,23 +564,21 @@ async def run(out: TextIO = sys.stdout, *, impostor: Mesh | None = None) -> int:
             "mesh agents' OUTPUT_CERTS; removed at exit",
             file=out,
         )
-        admin_port = free_port()
         gateway = DemoEnvoy(
             bootstrap_yaml(
-                xds=app.xds_target, node_id=NODE_ID, listen_port=listen_port, admin_port=admin_port
+                xds=app.xds_target, node_id=NODE_ID, listen_port=listen_port, admin_port=0
             ),
-            admin_port=admin_port,
             workdir=workdir,
         )
         envoys.append(gateway)
         gateway.launch()
-        for envoy in envoys:
-            await envoy.wait_ready()
+        await gateway.wait_ready()
 
         resolved = app.pipeline.resolved
         assert resolved is not None
         identities = {mesh: san_of(issued) for mesh, issued in gateway_certs.items()}
         checks = route_checks(resolved, expected, identities)
+        await gateway_configured(gateway, config, checks)
         firsts = await first_answers(listen_port, checks)
 
         # Load on every route; rotate every mesh identity of the gateway meanwhile.
@@ -664,6 +689,8 @@ async def run(out: TextIO = sys.stdout, *, impostor: Mesh | None = None) -> int:
             await asyncio.to_thread(ld.join)
         for envoy in envoys:
             await asyncio.to_thread(envoy.stop)
+        if reservation is not None:
+            reservation.close()
         if app is not None:
             await app.stop(grace=0)
         for b in [*plain, *(s.backend for s in sidecars)]:

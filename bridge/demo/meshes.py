@@ -36,7 +36,10 @@ Builders do no I/O; only :meth:`DemoMeshCa.write_output_certs` and
 :func:`write_sds_certificate` write (keys 0600 in 0700 directories).
 
 A sidecar's bootstrap may also open an admin port (``admin_port``) so its
-starter can tell when it is ready.
+starter can tell when it is ready. ``port`` (and ``admin_port``) 0 lets Envoy
+pick a free port, which its admin then reports (the listener is named
+``inbound_<name>``); the listener binds its port alone (no ``SO_REUSEPORT``),
+so a port taken by another process fails Envoy's start instead of sharing it.
 """
 
 from __future__ import annotations
@@ -276,6 +279,9 @@ def _bootstrap(
                 {
                     "name": f"inbound_{name}",
                     "address": {"socket_address": {"address": address, "port_value": port}},
+                    # The port is this sidecar's alone: without this, another process
+                    # could listen on it too (SO_REUSEPORT) and get part of its traffic.
+                    "enable_reuse_port": False,
                     "listener_filters": [TLS_INSPECTOR],
                     "filter_chains": chains,
                 }
