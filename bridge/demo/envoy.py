@@ -20,6 +20,7 @@ names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -87,9 +88,13 @@ def other_listeners(port: int, pid: int, host: str = LOOPBACK) -> int | None:
     """
     try:
         table = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        owned = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
+    owned = set()
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            owned.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
     # /proc/net/tcp: the address as the 32-bit value in host byte order, in hex.
     packed = socket.inet_aton(host)
     local = f"{int.from_bytes(packed, sys.byteorder):08X}:{port:04X}"
