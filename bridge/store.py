@@ -101,6 +101,8 @@ class Store:
         self._slices_by_service: ShardedBuilder[ServiceId, frozenset[ObjectRef]] = ShardedBuilder()
         self._services_by_pod: ShardedBuilder[ObjectRef, frozenset[ServiceId]] = ShardedBuilder()
         self._pods_by_name: ShardedBuilder[ServiceId, K8sPod] = ShardedBuilder()
+        # Per Service: (endpoint pods the store has, how many carry a mesh marker).
+        self._pod_counts: ShardedBuilder[ServiceId, tuple[int, int]] = ShardedBuilder()
         # slice → (its Service, its pods' refs, its endpoints' targetRef names in order)
         self._pod_refs_by_slice: dict[
             ObjectRef, tuple[ServiceId, frozenset[ObjectRef], tuple[str | None, ...]]
@@ -113,6 +115,7 @@ class Store:
             "slices_by_service",
             "services_by_pod",
             "pods_by_name",
+            "endpoint_pod_counts",
         }
         self._world = World()
         self._version = 0
@@ -163,7 +166,10 @@ class Store:
             assert isinstance(obj, K8sEndpointSlice)
             self._index_slice(ref, obj)
         elif kind is Kind.POD:
-            self._pods_by_name[(ref.namespace, ref.name)] = obj  # type: ignore[assignment]
+            assert isinstance(obj, K8sPod)
+            key2 = (ref.namespace, ref.name)
+            self._count_pod(ref, self._pods_by_name.get(key2), obj)
+            self._pods_by_name[key2] = obj
             self._dirty_fields.add("pods_by_name")
         self._touch(ref, _FIELD_BY_KIND[kind])
         return True
@@ -181,7 +187,7 @@ class Store:
         if ref.kind is Kind.ENDPOINT_SLICE:
             self._index_slice(ref, None)
         elif ref.kind is Kind.POD:
-            self._pods_by_name.pop((ref.namespace, ref.name))
+            self._count_pod(ref, self._pods_by_name.pop((ref.namespace, ref.name)), None)
             self._dirty_fields.add("pods_by_name")
         self._touch(ref, _FIELD_BY_KIND[ref.kind])
         return True
@@ -292,6 +298,8 @@ class Store:
             updates["services_by_pod"] = self._services_by_pod.freeze()
         if "pods_by_name" in self._dirty_fields:
             updates["pods_by_name"] = self._pods_by_name.freeze()
+        if "endpoint_pod_counts" in self._dirty_fields:
+            updates["endpoint_pod_counts"] = self._pod_counts.freeze()
         self._dirty_fields.clear()
         old = self._world
         self._world = World(
@@ -325,20 +333,17 @@ class Store:
             # the common update): the indexes stay as they are. Rewriting them
             # would copy a shard of each 100k-entry index per pod.
             return
+        sids = {old[0]} if old is not None else set()
+        if obj is not None:
+            sids.add((obj.namespace, obj.service_name))
+        before = {sid: self._service_pods(sid) for sid in sids}
         if old is not None:
             del self._pod_refs_by_slice[ref]
-            sid, pods, _ = old
-            refs = self._slices_by_service.get(sid, frozenset()) - {ref}
+            refs = self._slices_by_service.get(old[0], frozenset()) - {ref}
             if refs:
-                self._slices_by_service[sid] = refs
+                self._slices_by_service[old[0]] = refs
             else:
-                self._slices_by_service.pop(sid, None)
-            for p in pods:
-                svcs = self._services_by_pod.get(p, frozenset()) - {sid}
-                if svcs:
-                    self._services_by_pod[p] = svcs
-                else:
-                    self._services_by_pod.pop(p, None)
+                self._slices_by_service.pop(old[0], None)
         if obj is not None:
             sid = (obj.namespace, obj.service_name)
             pods = frozenset(
@@ -348,6 +353,51 @@ class Store:
             )
             self._pod_refs_by_slice[ref] = (sid, pods, targets)
             self._slices_by_service[sid] = self._slices_by_service.get(sid, frozenset()) | {ref}
-            for p in pods:
+        # A pod belongs to a Service while any of the Service's slices names
+        # it (a dual-stack Service has two slices naming the same pods).
+        for sid, was in before.items():
+            now = self._service_pods(sid)
+            present, marked = self._pod_counts.get(sid, (0, 0))
+            for p in was - now:
+                svcs = self._services_by_pod.get(p, frozenset()) - {sid}
+                if svcs:
+                    self._services_by_pod[p] = svcs
+                else:
+                    self._services_by_pod.pop(p, None)
+                pod = self._pods_by_name.get((p.namespace, p.name))
+                if pod is not None:
+                    present -= 1
+                    marked -= pod.mesh_marked
+            for p in now - was:
                 self._services_by_pod[p] = self._services_by_pod.get(p, frozenset()) | {sid}
+                pod = self._pods_by_name.get((p.namespace, p.name))
+                if pod is not None:
+                    present += 1
+                    marked += pod.mesh_marked
+            if now:
+                if self._pod_counts.get(sid) != (present, marked):
+                    self._pod_counts[sid] = (present, marked)
+            else:
+                self._pod_counts.pop(sid, None)
+        self._dirty_fields.add("endpoint_pod_counts")
         self._dirty_fields.update(("slices_by_service", "services_by_pod"))
+
+    def _service_pods(self, sid: ServiceId) -> frozenset[ObjectRef]:
+        """The pods the Service's slices name (its slices as indexed now)."""
+        refs = self._slices_by_service.get(sid)
+        if not refs:
+            return frozenset()
+        if len(refs) == 1:
+            return self._pod_refs_by_slice[next(iter(refs))][1]
+        return frozenset().union(*[self._pod_refs_by_slice[r][1] for r in refs])
+
+    def _count_pod(self, ref: ObjectRef, old: K8sPod | None, new: K8sPod | None) -> None:
+        """Keep the Services' endpoint pod counts as a pod appears, changes or goes."""
+        d_present = (new is not None) - (old is not None)
+        d_marked = (new is not None and new.mesh_marked) - (old is not None and old.mesh_marked)
+        if not (d_present or d_marked):
+            return
+        for sid in self._services_by_pod.get(ref, frozenset()):
+            present, marked = self._pod_counts.get(sid, (0, 0))
+            self._pod_counts[sid] = (present + d_present, marked + d_marked)
+        self._dirty_fields.add("endpoint_pod_counts")

@@ -54,6 +54,11 @@ class World:
     # ObjectRef in Python (auto mesh detection reads 100k pods at 10k Services).
     # Kept by the store; a World made without it falls back to ``pods``.
     pods_by_name: Mapping[ServiceId, K8sPod] = field(default_factory=FrozenDict)
+    # Per Service: how many of the pods its EndpointSlices name the World has,
+    # and how many of those carry a mesh marker (K8sPod.mesh_marked), so mesh
+    # detection reads no pod while none is marked. Kept by the store; None in
+    # a World made without it (readers then count from ``pods``).
+    endpoint_pod_counts: Mapping[ServiceId, tuple[int, int]] | None = None
 
     def slices_of(self, namespace: str, service: str) -> list[K8sEndpointSlice]:
         """The Service's EndpointSlices, sorted by name."""
@@ -64,6 +69,13 @@ class World:
             (ref,) = refs
             return [self.endpoint_slices[ref]]
         return [self.endpoint_slices[r] for r in sorted(refs)]
+
+    def endpoint_pod_count(self, namespace: str, service: str) -> tuple[int, int] | None:
+        """(endpoint pods known, of which mesh-marked) for the Service; None if not kept."""
+        counts = self.endpoint_pod_counts
+        if counts is None:
+            return None
+        return counts.get((namespace, service), (0, 0))
 
     def pods_named(self, namespace: str, names: Iterable[str]) -> list[K8sPod]:
         """The Pods of ``namespace`` with these names that the World knows, in the given order."""

@@ -151,15 +151,22 @@ def detect_mesh(
 ) -> MeshChoice:
     """Mesh ``auto``: read markers on the endpoint pods, else on the namespace.
 
-    ``pods`` (:func:`endpoint_pods`) and ``ns_found`` (:func:`namespace_markers`
+    ``pods`` (:func:`endpoint_pods`; else read only when the World's counts
+    say some endpoint pod is marked) and ``ns_found`` (:func:`namespace_markers`
     of the Service's Namespace) may be passed when the caller already has them.
     """
-    if pods is None:
-        pods = endpoint_pods(world, svc)
     if ns_found is None:
         ns = world.namespace(svc.namespace)
         ns_found = namespace_markers(ns) if ns is not None else {}
+    count = 0
+    if pods is None:
+        counted = world.endpoint_pod_count(svc.namespace, svc.name)
+        if counted is not None and not counted[1]:
+            count = counted[0]  # no marked pod: no need to read the pods
+        else:
+            pods = endpoint_pods(world, svc)
     if pods:
+        count = len(pods)
         marked = list(filter(_MESH_MARKED, pods))  # C-level walk; most pods are unmarked
         if marked:
             found: dict[Mesh, str] = {}
@@ -168,9 +175,10 @@ def detect_mesh(
                     found.setdefault(mesh, reason)
             if found:
                 return _one(svc, found, "endpoint pods carry markers of more than one mesh")
+    if count:
         if not ns_found:
-            return _unmarked(len(pods))
-        reason = f"no mesh marker on the {len(pods)} endpoint pod(s)"
+            return _unmarked(count)
+        reason = f"no mesh marker on the {count} endpoint pod(s)"
         return MeshChoice(
             Mesh.NONE,
             reason,
@@ -178,7 +186,7 @@ def detect_mesh(
                 Diagnostic(
                     svc.ref,
                     "mesh",
-                    f"{' and '.join(ns_found.values())}, but none of the {len(pods)} "
+                    f"{' and '.join(ns_found.values())}, but none of the {count} "
                     "endpoint pod(s) carries a mesh marker; sending plaintext",
                     "restart the pods so they are injected, or set "
                     f"{MESH_KEY} on the Service to say which mesh it is in",

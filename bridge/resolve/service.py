@@ -227,8 +227,7 @@ def resolve_present(
         else:
             wanted = settings.default_mesh
         if wanted is Mesh.AUTO:
-            pods = endpoint_pods(world, svc, slices)
-            choice = detect_mesh(world, svc, pods, ns_info.markers)
+            choice = detect_mesh(world, svc, None, ns_info.markers)
         else:
             choice = choose_mesh(world, settings, svc, spec.mesh, defaults.spec.mesh)
         if choice.diagnostics:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bridge.model.diagnostics import Severity
@@ -146,6 +148,10 @@ PLAIN_POD: Marks = ({}, {})
 def test_detection(world: World, mesh: Mesh, reason: str) -> None:
     choice = detect_mesh(world, SVC)
     assert (choice.mesh, choice.reason, choice.diagnostics) == (mesh, reason, ())
+    # The store's per-Service pod counts only skip reading unmarked pods: a
+    # World without them (pods read one by one) detects the same.
+    assert world.endpoint_pod_counts is not None
+    assert detect_mesh(dataclasses.replace(world, endpoint_pod_counts=None), SVC) == choice
 
 
 def test_pods_of_two_meshes_are_a_conflict_not_a_guess() -> None:
@@ -165,6 +171,7 @@ def test_marked_namespace_with_unmarked_pods_warns() -> None:
     (d,) = choice.diagnostics
     assert (d.severity, d.code) == (Severity.WARNING, "mesh.uninjected")
     assert "restart the pods" in d.fix
+    assert "none of the 1 endpoint pod(s)" in d.message
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.model.frozen import EMPTY, FrozenDict
 from bridge.model.k8s import (
     K8sEndpointSlice,
     K8sNamespace,
+    K8sPod,
     K8sService,
     Kind,
     ObjectRef,
@@ -128,3 +130,63 @@ def test_sharded_versions_behave_like_copied_dicts(ops: list[tuple[str, int, int
         assert dict(frozen.items()) == expected
         assert len(frozen) == len(expected)
         assert all(frozen.get(k) == expected.get(k) for k in range(41))
+
+
+_POD_NAMES = ["p0", "p1", "p2", "p3"]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("slice"),
+                st.sampled_from(["s0", "s1", "s2"]),
+                st.sampled_from(["web", "api"]),
+                st.lists(st.sampled_from(_POD_NAMES), max_size=3),
+            ),
+            st.tuples(st.just("pod"), st.sampled_from(_POD_NAMES), st.booleans()),
+            st.tuples(st.just("delete-slice"), st.sampled_from(["s0", "s1", "s2"])),
+            st.tuples(st.just("delete-pod"), st.sampled_from(_POD_NAMES)),
+            st.tuples(st.just("take")),
+        ),
+        max_size=40,
+    )
+)
+def test_pod_indexes_agree_with_the_slices_and_pods(ops: list[tuple[object, ...]]) -> None:
+    # The store keeps which Services each pod belongs to and, per Service,
+    # how many of its endpoint pods exist and are mesh-marked, through any
+    # order of slice and pod changes (two slices of a Service may name the
+    # same pod, as dual-stack slices do).
+    s = Store()
+    for op in [*ops, ("take",)]:
+        if op[0] == "slice":
+            _, name, service, pods = op
+            s.upsert("k8s", eps(str(name), str(service), *pods))  # type: ignore[misc]
+        elif op[0] == "pod":
+            labels = FrozenDict({"security.istio.io/tlsMode": "istio"}) if op[2] else EMPTY
+            s.upsert("k8s", K8sPod("default", str(op[1]), labels=labels))
+        elif op[0] == "delete-slice":
+            s.delete("k8s", ObjectRef(Kind.ENDPOINT_SLICE, "default", str(op[1])))
+        elif op[0] == "delete-pod":
+            s.delete("k8s", ObjectRef(Kind.POD, "default", str(op[1])))
+        else:
+            w, _ = s.take()
+            members: dict[ObjectRef, set[tuple[str, str]]] = {}
+            for service in ("web", "api"):
+                names = {
+                    e.target_pod
+                    for sl in w.slices_of("default", service)
+                    for e in sl.endpoints
+                    if e.target_pod
+                }
+                pods = [w.pod("default", n) for n in names]
+                present = [p for p in pods if p is not None]
+                assert w.endpoint_pod_count("default", service) == (
+                    len(present),
+                    sum(p.mesh_marked for p in present),
+                )
+                for n in names:
+                    members.setdefault(ObjectRef(Kind.POD, "default", n), set()).add(
+                        ("default", service)
+                    )
+            assert dict(w.services_by_pod) == members
