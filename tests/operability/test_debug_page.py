@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import html.parser
 import json
+import os
 import re
 import shutil
 import struct
@@ -278,9 +279,11 @@ async def test_snapshot_json_is_rendered_once_per_snapshot_and_query(tmp_path: P
         assert pages.renders == renders + 1, "another query is another page"
         # A new snapshot: the page is rendered anew and shows the change.
         published = env.app.pipeline.published
-        (env.world / "web-slice.yaml").write_text(
-            (env.world / "web-slice.yaml").read_text().replace("8080", "8081")
-        )
+        # Replaced in one step, as editors and ConfigMap mounts do: a file
+        # rewritten in place can be read half-written (a real, separate change).
+        changed = tmp_path / "web-slice.yaml.new"
+        changed.write_text((env.world / "web-slice.yaml").read_text().replace("8080", "8081"))
+        os.replace(changed, env.world / "web-slice.yaml")
         await async_wait_for(lambda: env.app.pipeline.published > published, timeout=10)
         after = await env.get("/debug/snapshot.json?type=endpoints")
     assert pages.renders == renders + 2
