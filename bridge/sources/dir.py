@@ -10,7 +10,10 @@ files and ``kind: List`` are fine) is converted with
   nothing in the store);
 - a file that fails to read or parse (YAML error, a bad object) becomes a
   diagnostic naming the file and the fix, and the objects it held before stay
-  exactly as they were — a half-saved file never drops routes;
+  exactly as they were — a half-saved file that does not parse never drops
+  routes (a file rewritten in place can still be read between truncation and
+  write as a shorter file that parses: write files by rename, as editors and
+  ConfigMap volumes do);
 - a deleted file removes its objects;
 - a missing or unreadable directory is a diagnostic too, never an empty world;
 - objects of kinds meshbridge does not read (a Deployment beside a Service)
