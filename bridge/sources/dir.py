@@ -13,7 +13,9 @@ files and ``kind: List`` are fine) is converted with
   exactly as they were — a half-saved file that does not parse never drops
   routes (a file rewritten in place can still be read between truncation and
   write as a shorter file that parses: write files by rename, as editors and
-  ConfigMap volumes do);
+  ConfigMap volumes do). A file that held objects and is found empty
+  within a couple of seconds of its last write is taken as one being
+  rewritten and applied only once it stays empty past that window;
 - a deleted file removes its objects;
 - a missing or unreadable directory is a diagnostic too, never an empty world;
 - objects of kinds meshbridge does not read (a Deployment beside a Service)
@@ -166,7 +168,10 @@ class DirSource:
             if known is not None and known.stat == key and not known.racy:
                 continue
             racy = st.st_mtime_ns > started - RACY_NS
-            reads[path] = self._read(path, key, racy, known.digest if known else None)
+            if known is None:
+                reads[path] = self._read(path, key, racy, None)
+            else:
+                reads[path] = self._read(path, key, racy, known.digest, bool(known.objects))
         removed = frozenset(self._files.keys() - set(paths))
         return _Scan(reads, removed)
 
@@ -185,11 +190,24 @@ class DirSource:
                         found.append(p)
         return sorted(found)
 
-    def _read(self, path: str, key: StatKey, racy: bool, known_digest: bytes | None) -> _Read:
+    def _read(
+        self,
+        path: str,
+        key: StatKey,
+        racy: bool,
+        known_digest: bytes | None,
+        held: bool = False,
+    ) -> _Read:
         ref = self._file_ref(path)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
+            if racy and held and not data.strip():
+                # Emptied just now while it held objects: most likely a file
+                # being rewritten in place, read between truncation and
+                # write. Keep its objects and read it again next scan; once
+                # it has stayed empty past the racy window, it is applied.
+                return _Read(key, None, racy=True, same_text=True)
             digest = hashlib.sha256(data).digest()
             if digest == known_digest:
                 return _Read(key, None, racy=racy, digest=digest, same_text=True)

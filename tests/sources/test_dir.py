@@ -245,3 +245,24 @@ async def test_run_watches_and_applies_changes_like_watch_events(tmp_path: Path)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_file_emptied_just_now_keeps_its_objects_until_it_settles(tmp_path: Path) -> None:
+    # A file rewritten in place can be read between truncation and write:
+    # that empty read must not drop the Service, but a file left empty does.
+    f = tmp_path / "svc.yaml"
+    f.write_text(service("/web"))
+    store, src = load(tmp_path)
+    f.write_text("")
+    asyncio.run(src.rescan())
+    assert objects(world(store)) == {SVC}
+    f.write_text(service("/new"))  # the rewrite completes
+    asyncio.run(src.rescan())
+    assert world(store).services[SVC].annotations["meshbridge.io/prefix"] == "/new"
+    f.write_text("")
+    asyncio.run(src.rescan())
+    assert objects(world(store)) == {SVC}
+    old = f.stat().st_mtime_ns - 10_000_000_000  # past the racy window: emptied for good
+    os.utime(f, ns=(old, old))
+    asyncio.run(src.rescan())
+    assert objects(world(store)) == set()
