@@ -167,9 +167,9 @@ class Store:
             self._index_slice(ref, obj)
         elif kind is Kind.POD:
             assert isinstance(obj, K8sPod)
-            key2 = (ref.namespace, ref.name)
-            self._count_pod(ref, self._pods_by_name.get(key2), obj)
-            self._pods_by_name[key2] = obj
+            by_name = (ref.namespace, ref.name)
+            self._count_pod(ref, self._pods_by_name.get(by_name), obj)
+            self._pods_by_name[by_name] = obj
             self._dirty_fields.add("pods_by_name")
         self._touch(ref, _FIELD_BY_KIND[kind])
         return True
@@ -379,8 +379,7 @@ class Store:
                     self._pod_counts[sid] = (present, marked)
             else:
                 self._pod_counts.pop(sid, None)
-        self._dirty_fields.add("endpoint_pod_counts")
-        self._dirty_fields.update(("slices_by_service", "services_by_pod"))
+        self._dirty_fields.update(("slices_by_service", "services_by_pod", "endpoint_pod_counts"))
 
     def _service_pods(self, sid: ServiceId) -> frozenset[ObjectRef]:
         """The pods the Service's slices name (its slices as indexed now)."""
