@@ -167,13 +167,7 @@ class DemoEnvoy:
         return int(port) if port.isdigit() else 0
 
     def _live(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://{LOOPBACK}:{self.admin_port}/ready", timeout=2
-            ) as r:
-                return bool(r.status == 200 and r.read().decode().strip() == "LIVE")
-        except OSError:  # HTTPError (503 while initializing) included
-            return False
+        return (self.admin_get("/ready") or "").strip() == "LIVE"
 
     def listener_ports(self) -> dict[str, int]:
         """The port each listener is bound to, by name (what Envoy's admin reports)."""
