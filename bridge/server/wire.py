@@ -32,7 +32,6 @@ _DDR_REMOVED = b"\x32"  # DeltaDiscoveryResponse.removed_resources = 6
 _RES_VERSION = b"\x0a"  # Resource.version = 1
 _RES_RESOURCE = b"\x12"  # Resource.resource = 2
 _RES_NAME = b"\x1a"  # Resource.name = 3
-_field = length_delimited
 
 
 def encode_any(type_url: str, value: bytes) -> bytes:
@@ -47,7 +46,7 @@ def any_prefix(type_url: str) -> bytes:
     ``any_prefix(t) + varint(len(v)) + v`` is ``encode_any(t, v)``; a snapshot
     builds 20k of them, so the type URL part is made once per type.
     """
-    return _field(_ANY_TYPE_URL, type_url.encode()) + _ANY_VALUE
+    return length_delimited(_ANY_TYPE_URL, type_url.encode()) + _ANY_VALUE
 
 
 def encode_discovery_response(
@@ -72,10 +71,10 @@ def encode_discovery_response_body(
     """A ``DiscoveryResponse`` around already encoded ``resources`` fields."""
     return b"".join(
         (
-            _field(_DR_VERSION, version_info.encode()),
+            length_delimited(_DR_VERSION, version_info.encode()),
             resources,
-            _field(_DR_TYPE_URL, type_url.encode()),
-            _field(_DR_NONCE, nonce.encode()),
+            length_delimited(_DR_TYPE_URL, type_url.encode()),
+            length_delimited(_DR_NONCE, nonce.encode()),
         )
     )
 
@@ -83,9 +82,9 @@ def encode_discovery_response_body(
 def encode_resource(name: str, version: str, any_bytes: bytes) -> bytes:
     """An ``envoy.service.discovery.v3.Resource`` (delta) around pre-encoded ``Any`` bytes."""
     return (
-        _field(_RES_VERSION, version.encode())
-        + _field(_RES_RESOURCE, any_bytes)
-        + _field(_RES_NAME, name.encode())
+        length_delimited(_RES_VERSION, version.encode())
+        + length_delimited(_RES_RESOURCE, any_bytes)
+        + length_delimited(_RES_NAME, name.encode())
     )
 
 
@@ -97,9 +96,9 @@ def encode_delta_response(
     removed: Iterable[str],
 ) -> bytes:
     """A ``DeltaDiscoveryResponse``; ``resources`` are pre-encoded ``Resource`` bytes."""
-    parts = [_field(_DDR_SYSTEM_VERSION, system_version_info.encode())]
+    parts = [length_delimited(_DDR_SYSTEM_VERSION, system_version_info.encode())]
     parts.extend(_DDR_RESOURCES + varint(len(r)) + r for r in resources)
-    parts.append(_field(_DDR_TYPE_URL, type_url.encode()))
-    parts.append(_field(_DDR_NONCE, nonce.encode()))
-    parts.extend(_field(_DDR_REMOVED, name.encode()) for name in removed)
+    parts.append(length_delimited(_DDR_TYPE_URL, type_url.encode()))
+    parts.append(length_delimited(_DDR_NONCE, nonce.encode()))
+    parts.extend(length_delimited(_DDR_REMOVED, name.encode()) for name in removed)
     return b"".join(parts)

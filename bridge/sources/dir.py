@@ -168,10 +168,8 @@ class DirSource:
             if known is not None and known.stat == key and not known.racy:
                 continue
             racy = st.st_mtime_ns > started - RACY_NS
-            if known is None:
-                reads[path] = self._read(path, key, racy, None)
-            else:
-                reads[path] = self._read(path, key, racy, known.digest, bool(known.objects))
+            held = known is not None and bool(known.objects)
+            reads[path] = self._read(path, key, racy, known.digest if known else None, held)
         removed = frozenset(self._files.keys() - set(paths))
         return _Scan(reads, removed)
 
@@ -196,7 +194,7 @@ class DirSource:
         key: StatKey,
         racy: bool,
         known_digest: bytes | None,
-        held: bool = False,
+        held: bool,
     ) -> _Read:
         ref = self._file_ref(path)
         try:
